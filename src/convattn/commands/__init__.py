@@ -1,0 +1,1 @@
+"""Subcommands of the ``convattn`` command, one module each (see ``convattn.cli``)."""

@@ -1,0 +1,135 @@
+"""The base class every convattn module derives from, and width helpers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``v`` to a multiple of ``divisor`` (the MobileNet/timm convention).
+
+    The result is at least ``min_value`` (default ``divisor``) and never below
+    ``round_limit * v``.
+    """
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def check_channels(owner: str, channels: Any) -> int:
+    """Validate a channel count (a positive int) and return it."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"{owner}: channels must be a positive int, got {channels!r}")
+    return channels
+
+
+def hidden_channels(
+    owner: str,
+    channels: int,
+    reduction: float | None,
+    hidden: int | None = None,
+    min_hidden: int = 1,
+) -> int:
+    """Width of a bottleneck ``channels -> hidden -> channels``.
+
+    ``hidden`` wins when given; otherwise ``max(channels // reduction, min_hidden)``
+    as the official SE code computes it (no rounding to multiples of 8). A width
+    of 0 is an error that says which reductions are valid.
+    """
+    if hidden is not None:
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"{owner}: hidden must be a positive int, got {hidden!r}")
+        return hidden
+    if reduction is None or isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
+        raise ValueError(f"{owner}: reduction must be a positive number, got {reduction!r}")
+    width = int(channels // reduction)
+    width = max(width, min_hidden) if min_hidden > 1 else width
+    if width < 1:
+        raise ValueError(
+            f"{owner}: reduction={reduction} leaves 0 hidden channels for channels={channels}; "
+            f"valid: reduction <= {channels} (or pass hidden=...)"
+        )
+    return width
+
+
+def _join_or(values: tuple[int, ...]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+class AttentionModule(nn.Module):
+    """Base class of the zoo: input checks and attention-map recording.
+
+    Subclasses call ``super().__init__(channels, dims)`` (``dims`` only when their
+    parameters depend on it), start ``forward`` with ``self.check_input(x)`` and
+    call ``self.record(kind, tensor)`` for each gate they apply. ``record`` does
+    nothing unless :func:`convattn.capture_maps` is active, so recording costs one
+    attribute test per forward when it is off.
+    """
+
+    #: set by ``register``
+    registry_name: str = ""
+    supported_dims: tuple[int, ...] = (1, 2, 3)
+    #: set per instance by ``capture_maps``; a class attribute keeps lookups cheap
+    _map_sink: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every module accepts the factory kwargs ``device``/``dtype`` that timm
+        # passes to ``attn_layer(channels, device=..., dtype=...)``.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_takes_factory_kwargs", False):
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, device: Any = None, dtype: Any = None, **kw: Any) -> None:
+            init(self, *args, **kw)
+            if (device is not None or dtype is not None) and type(self) is cls:
+                self.to(device=device, dtype=dtype)
+
+        __init__._takes_factory_kwargs = True
+        cls.__init__ = __init__
+
+    def __init__(self, channels: int, dims: int | None = None) -> None:
+        super().__init__()
+        self.channels = check_channels(self._owner(), channels)
+        if dims is not None and (isinstance(dims, bool) or dims not in self.supported_dims):
+            valid = ", ".join(map(str, self.supported_dims))
+            raise ValueError(f"{self._owner()}: dims={dims!r} is not supported; valid: {valid}")
+        self.dims = dims
+
+    def _owner(self) -> str:
+        name = self.registry_name or type(self).__name__
+        return f"{type(self).__name__} ({name})" if self.registry_name else name
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` is (B, channels, *spatial) with supported dims."""
+        nd = x.dim() - 2
+        if self.dims is not None:
+            ok_dims = nd == self.dims
+            dims_text = f"{self.dims} spatial dim{'s' if self.dims > 1 else ''} (built with dims={self.dims})"
+        else:
+            ok_dims = nd in self.supported_dims
+            dims_text = _join_or(self.supported_dims) + " spatial dims"
+        if not ok_dims or x.shape[1] != self.channels:
+            raise ValueError(
+                f"{self._owner()}: expected input (B, {self.channels}, ...) with {dims_text}; "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def record(self, kind: str, value: torch.Tensor) -> None:
+        sink = self._map_sink
+        if sink is not None:
+            sink.put(kind, value)
+
+    def extra_repr(self) -> str:
+        s = f"channels={self.channels}"
+        if self.dims is not None:
+            s += f", dims={self.dims}"
+        return s

@@ -1,0 +1,49 @@
+"""Shared helpers for the test suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import convattn
+from convattn import create_attention, get_spec
+
+# Spatial size per dimensionality used by the registry-wide tests: even (so that
+# 2x pooling inside a module divides) and small (fast on 2 CPU cores).
+SPATIAL = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}
+
+
+def build(name: str, channels: int = 32, dims: int = 2, **options) -> torch.nn.Module:
+    return create_attention(name, channels, dims=dims, **options)
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> torch.nn.Module:
+    """Give every parameter and norm statistic a random non-trivial value.
+
+    Zero-initialised scales (GCT's gamma, DANet's gamma, ...) otherwise hide whole
+    branches from the tests.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+        for name, b in module.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g, dtype=b.dtype) + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
+    return module
+
+
+def example_input(dims: int = 2, channels: int = 32, batch: int = 2, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, channels) + SPATIAL[dims], generator=g, dtype=dtype)
+
+
+def cases():
+    """(name, dims) for every registered module and each dimensionality it supports."""
+    return [
+        pytest.param(name, d, id=f"{name}-{d}d")
+        for name in convattn.list_attention()
+        for d in get_spec(name).dims
+    ]
