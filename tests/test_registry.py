@@ -114,6 +114,7 @@ def test_state_dict_round_trip(name, dims):
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", ALL)
 def test_torchscript_trace(name):
     d = 2 if 2 in get_spec(name).dims else get_spec(name).dims[0]
@@ -123,6 +124,17 @@ def test_torchscript_trace(name):
         traced = torch.jit.trace(m, (x,), check_trace=False)
         x2 = example_input(d, seed=5)
         torch.testing.assert_close(traced(x2), m(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_torch_export(name):
+    d = 2 if 2 in get_spec(name).dims else get_spec(name).dims[0]
+    m = randomize(build(name, 32, d)).eval()
+    x = example_input(d)
+    ep = torch.export.export(m, (x,))
+    x2 = example_input(d, seed=7)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x2), m(x2), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,dims", cases())
