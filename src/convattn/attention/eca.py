@@ -1,0 +1,112 @@
+"""Efficient Channel Attention (ECA).
+
+Wang, Wu, Zhu, Li, Zuo, Hu, "ECA-Net: Efficient Channel Attention for Deep
+Convolutional Neural Networks", CVPR 2020. Official code: BangguWu/ECANet
+(``models/eca_module.py``, ``models/eca_resnet.py``).
+
+Forward, X of shape (B, C, *S)::
+
+    y = GAP(X)                                  (B, C), seen as a sequence (B, 1, C)
+    w = sigmoid(Conv1d(1 -> 1, k, zero padding (k - 1) // 2, no bias)(y))   (B, 1, C)
+    Y = X * w                                   (B, C, *S), w broadcast over S
+
+The only parameters are the k taps of the 1D convolution across channels, so the
+parameter count is k whatever C is.
+
+Kernel size. The paper picks k from C with gamma = 2, b = 1::
+
+    k = psi(C) = | log2(C) / gamma + b / gamma |_odd
+
+where |t|_odd is "the nearest odd number to t". We compute it exactly as timm's
+``EcaModule`` does (the formula most ECA users run), so that parity holds:
+
+    t = int(|log2(C) + b| / gamma)      (truncation towards zero)
+    k = t if t is odd else t + 1        (even t goes *up* to the next odd number)
+    k = max(k, 3)                       (timm's lower bound; without it C < 8 gives k = 1)
+
+e.g. C = 64 -> 3, 128 -> 5, 256 -> 5, 512 -> 5, 1024 -> 5, 2048 -> 7. For the
+ResNet-50 stage outputs (256, 512, 1024, 2048) this gives (5, 5, 5, 7), while the
+released ECA-ResNet-50 hard-codes k = (3, 5, 5, 7) per stage (80 parameters in
+total, the paper's "80"); the official module itself never computes k (its
+default is 3). Pass ``kernel_size=`` to choose k explicitly (e.g. to reproduce
+the released model stage by stage).
+
+Deviations: none in the maths. Works on 1D, 2D and 3D inputs (the pooling is over
+every spatial dim; the convolution runs across channels, so it does not depend on
+the number of spatial dims).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import AttentionModule, spatial_mean, unsqueeze_spatial
+from ..registry import register
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1, min_size: int = 3) -> int:
+    """ECA's adaptive kernel size (see the module docstring for the rounding)."""
+    t = int(abs(math.log2(channels) + b) / gamma)
+    k = t if t % 2 else t + 1
+    return max(k, min_size)
+
+
+@register(
+    "eca",
+    family="channel",
+    paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+    authors="Wang, Wu, Zhu, Li, Zuo, Hu",
+    venue="CVPR",
+    year=2020,
+    equation="""
+        y = GAP(X) in R^{B x 1 x C}
+        w = sigmoid(Conv1d_k(y)),  1 -> 1 channel, zero pad (k-1)/2, no bias
+        k = |log2(C)/gamma + b/gamma|_odd, gamma = 2, b = 1
+        Y = X * w
+    """,
+    url="https://arxiv.org/abs/1910.03151",
+    notes="k rounded as timm's EcaModule: t = int((log2 C + b) / gamma), odd-up, min 3.",
+)
+class ECA(AttentionModule):
+    """Efficient Channel Attention: a k-tap 1D convolution across pooled channels.
+
+    Args:
+        channels: input channels C.
+        kernel_size: explicit odd k; ``None`` (default) picks k from C (see module doc).
+        gamma, b: the mapping constants of the adaptive k (paper: 2 and 1).
+    """
+
+    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1) -> None:
+        super().__init__(channels)
+        if kernel_size is None:
+            for name, v in (("gamma", gamma), ("b", b)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"{self._owner()}: {name} must be a finite number, got {v!r}")
+            if gamma <= 0:
+                raise ValueError(f"{self._owner()}: gamma must be > 0, got {gamma!r}")
+            kernel_size = eca_kernel_size(channels, gamma, b)
+        elif isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"{self._owner()}: kernel_size must be a positive odd int (1, 3, 5, ...) or None "
+                f"for the adaptive size, got {kernel_size!r}"
+            )
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel weights w, shape (B, C)."""
+        y = spatial_mean(x).unsqueeze(1)  # (B, 1, C)
+        return torch.sigmoid(F.conv1d(y, self.conv.weight, None, 1, self.conv.padding)).squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        w = self.gate(x)
+        self.record("channel", w)
+        return x * unsqueeze_spatial(w, x.dim() - 2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kernel_size={self.kernel_size}"
