@@ -1,0 +1,119 @@
+"""Parsing and validation of benchmark options (shapes, dtypes, module lists).
+
+Every bad value raises a one-line ``ValueError`` saying what was given and what
+is valid, so that ``convattn bench`` prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp64": "float64", "double": "float64"}
+
+#: the shapes of the module benchmark in issue 2
+DEFAULT_MODULE_SHAPES: tuple[tuple[int, ...], ...] = ((8, 256, 28, 28), (32, 64, 56, 56))
+#: batch 8 at 224 x 224, as the whole-model target of issue 8
+DEFAULT_MODEL_SHAPE: tuple[int, ...] = (8, 3, 224, 224)
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float64"`` (or a torch dtype) -> torch dtype."""
+    if isinstance(name, torch.dtype):
+        if name in DTYPES.values():
+            return name
+        raise ValueError(f"unsupported dtype {name}; valid: {', '.join(DTYPES)}")
+    key = str(name).strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    for k, v in DTYPES.items():
+        if v == dtype:
+            return k
+    return str(dtype).replace("torch.", "")
+
+
+def parse_shape(text: str | Iterable[int]) -> tuple[int, ...]:
+    """``"8x256x28x28"`` (or a sequence of ints) -> ``(8, 256, 28, 28)``.
+
+    A shape is (batch, channels, *spatial) with 1 to 3 spatial dims, every size a
+    positive integer.
+    """
+    if isinstance(text, str):
+        s = text.strip().lower().replace("*", "x").replace(",", "x")
+        if not re.fullmatch(r"\d+(x\d+)+", s):
+            raise ValueError(
+                f"bad shape {text!r}; expected BxCxHxW such as 8x256x28x28 "
+                "(batch, channels, then 1 to 3 spatial sizes)"
+            )
+        shape = tuple(int(p) for p in s.split("x"))
+    else:
+        try:
+            shape = tuple(int(v) for v in text)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad shape {text!r}; expected a sequence of positive ints") from None
+    if not 3 <= len(shape) <= 5:
+        raise ValueError(
+            f"bad shape {text!r}: {len(shape)} sizes; expected batch, channels and 1 to 3 spatial sizes (3 to 5 sizes)"
+        )
+    if any(v < 1 for v in shape):
+        raise ValueError(f"bad shape {text!r}: every size must be >= 1")
+    return shape
+
+
+def parse_shapes(text: str | Iterable) -> list[tuple[int, ...]]:
+    """Several shapes separated by commas or spaces: ``"8x256x28x28,32x64x56x56"``."""
+    if isinstance(text, str):
+        parts = [p for p in re.split(r"[,\s;]+", text.strip()) if p]
+        if not parts:
+            raise ValueError("no shape given; expected e.g. 8x256x28x28,32x64x56x56")
+        return [parse_shape(p) for p in parts]
+    return [parse_shape(s) for s in text]
+
+
+def parse_names(text: str | Iterable[str] | None) -> list[str]:
+    """``"se,cbam, eca"`` -> ``["se", "cbam", "eca"]`` (order kept, duplicates removed)."""
+    if text is None:
+        return []
+    items = re.split(r"[,\s]+", text.strip()) if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for it in items:
+        if it and it not in out:
+            out.append(it)
+    return out
+
+
+def check_modules(names: Iterable[str]) -> list[str]:
+    """Validate registry keys (ValueError naming the closest registered ones)."""
+    from ..registry import get_spec
+
+    out = []
+    for n in names:
+        get_spec(n)  # raises ValueError with suggestions
+        out.append(n)
+    return out
+
+
+def check_threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    return threads
+
+
+def check_modes(modes: Iterable[str]) -> tuple[str, ...]:
+    modes = tuple(modes)
+    bad = [m for m in modes if m not in ("eval", "train")]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or modes!r}; valid: eval, train")
+    return modes

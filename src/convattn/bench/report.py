@@ -1,0 +1,233 @@
+"""Turn a benchmark result (from :mod:`convattn.bench.runner`) into files and a table.
+
+:func:`write_outputs` writes ``bench.json`` (everything), ``bench.md`` (the
+table, the configuration and the machine) and ``bench.png`` (bar chart of the
+latency ratios) into a new folder; it refuses to reuse an existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _ratio(row: dict, key: str, compact: bool = False) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    q1, q3 = row.get(f"{key}_q1"), row.get(f"{key}_q3")
+    if compact or q1 is None or q3 is None:
+        return f"{v:.2f}x"
+    return f"{v:.2f}x [{q1:.2f}-{q3:.2f}]"
+
+
+def _count(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def _shape(s) -> str:
+    return "x".join(map(str, s))
+
+
+def columns(result: dict, compact: bool = False) -> list[tuple[str, Any]]:
+    """(header, row -> str) pairs of the table for this kind of result."""
+    modes = result["config"]["modes"]
+    if result["kind"] == "modules":
+        cols: list[tuple[str, Any]] = [
+            ("module", lambda r: r["name"]),
+            ("shape", lambda r: _shape(r["shape"])),
+            ("params", lambda r: _count(r.get("params"))),
+            ("FLOPs", lambda r: _count(r.get("flops"))),
+        ]
+        for m in modes:
+            cols += [
+                (f"{m} ms", lambda r, m=m: _f(r.get(f"{m}_ms"), "{:.3f}")),
+                (f"{m} / FLOOR", lambda r, m=m: _ratio(r, f"{m}_vs_floor", compact)),
+                (f"{m} / timm", lambda r, m=m: _ratio(r, f"{m}_vs_timm", compact)),
+            ]
+        if result["config"].get("memory"):
+            cols += [(f"peak MiB {m}", lambda r, m=m: _f(r.get(f"mem_{m}_mib"), "{:.1f}")) for m in modes]
+        cols.append(("note", lambda r: r.get("error") or _first_error(r)))
+        return cols
+    cols = [
+        ("variant", lambda r: r["name"]),
+        ("params", lambda r: _count(r.get("params"))),
+        ("FLOPs", lambda r: _count(r.get("flops"))),
+    ]
+    for m in modes:
+        cols += [
+            (f"{m} ms", lambda r, m=m: _f(r.get(f"{m}_ms"), "{:.1f}")),
+            (f"{m} IQR ms", lambda r, m=m: f"{_f(r.get(f'{m}_q1_ms'), '{:.1f}')}-{_f(r.get(f'{m}_q3_ms'), '{:.1f}')}"),
+            (f"{m} / plain", lambda r, m=m: _ratio(r, f"{m}_vs_plain", compact)),
+        ]
+    if result["config"].get("memory"):
+        cols += [(f"peak MiB {m}", lambda r, m=m: _f(r.get(f"mem_{m}_mib"), "{:.0f}")) for m in modes]
+    cols.append(("note", lambda r: r.get("error") or _first_error(r)))
+    return cols
+
+
+def _first_error(row: dict) -> str:
+    for k, v in row.items():
+        if k.endswith("_error") and v:
+            return f"{k[:-6]}: {v}"
+    return ""
+
+
+def table_rows(result: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    cols = columns(result, compact)
+    rows = list(result["rows"])
+    if result["kind"] == "modules":
+        # the FLOOR reference first for each shape
+        by_shape = []
+        for s in result["config"]["shapes"]:
+            by_shape += [f for f in result.get("floor", []) if f["shape"] == s]
+            by_shape += [r for r in rows if r["shape"] == s]
+        rows = by_shape
+    return [h for h, _ in cols], [[fn(r) for _, fn in cols] for r in rows]
+
+
+def describe_config(result: dict) -> str:
+    c, e = result["config"], result["env"]
+    parts = [f"dtype {c['dtype']}", f"{c['threads']} threads", "channels_last" if c["channels_last"] else "contiguous"]
+    if result["kind"] == "models":
+        parts.insert(0, f"input {_shape(c['shape'])}, attention at {c['where']!r}")
+    return (
+        f"{', '.join(parts)}; torch {e['torch']}, timm {e.get('timm')}; {e.get('cpu')} "
+        f"({e.get('cpu_count')} CPUs, load average {_load(e.get('load_avg_start'))} -> {_load(e.get('load_avg_end'))}); "
+        f"{e['time_utc']}"
+    )
+
+
+def _load(v) -> str:
+    return "-" if not v else f"{v[0]:.1f}"
+
+
+METHOD = (
+    "Latency: torch.utils.benchmark Timer, variants timed interleaved (one block of calls per variant per "
+    "round), median over rounds with the interquartile range; ratios are medians of per-round ratios to the "
+    "baseline timed in the same rounds. FLOOR = `x * x.mean(spatial)`, the reads and writes every gate needs. "
+    "Train = forward + backward (gradients of the input and every parameter). FLOPs from "
+    "torch.utils.flop_counter (matrix products and convolutions only). Peak memory: VmHWM - VmRSS around one "
+    "full-size call in a fresh process after a tiny warm-up call and a reset of /proc/self/clear_refs."
+)
+
+
+def markdown(result: dict, title: str | None = None, extra: str = "") -> str:
+    headers, rows = table_rows(result)
+    title = title or ("Attention modules" if result["kind"] == "modules" else f"{result['config']['model']} with attention")
+    out = [f"# {title}", "", describe_config(result), ""]
+    if extra:
+        out += [extra, ""]
+    out += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    out += ["", METHOD, ""]
+    return "\n".join(out)
+
+
+def print_table(result: dict, title: str | None = None, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, rows = table_rows(result, compact=True)
+    table = Table(title=title or describe_config(result), show_lines=False)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 or h in ("shape", "note") else "right", overflow="fold")
+    last_shape = None
+    for r in rows:
+        if result["kind"] == "modules":
+            if last_shape is not None and r[1] != last_shape:
+                table.add_section()
+            last_shape = r[1]
+        table.add_row(*r)
+    (console or Console()).print(table)
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """Bar chart of the latency ratios (to FLOOR for modules, to the plain model for models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    modes = result["config"]["modes"]
+    if result["kind"] == "modules":
+        shapes = result["config"]["shapes"]
+        fig, axes = plt.subplots(len(shapes), 1, figsize=(max(6.0, 0.5 * len(result["config"]["modules"]) + 2), 3.2 * len(shapes)),
+                                 squeeze=False)
+        for ax, s in zip(axes[:, 0], shapes, strict=True):
+            rows = [r for r in result["rows"] if r["shape"] == s and not r.get("error")]
+            names = [r["name"] for r in rows]
+            width = 0.8 / max(1, len(modes))
+            for i, m in enumerate(modes):
+                vals = [r.get(f"{m}_vs_floor") or 0.0 for r in rows]
+                ax.bar([j + i * width for j in range(len(rows))], vals, width, label=m)
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(rows))])
+            ax.set_xticklabels(names, rotation=45, ha="right")
+            ax.set_ylabel("latency / FLOOR")
+            ax.set_yscale("log")
+            ax.set_title(_shape(s))
+            ax.legend()
+    else:
+        rows = [r for r in result["rows"] if not r.get("error")]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4))
+        width = 0.8 / max(1, len(modes))
+        for i, m in enumerate(modes):
+            vals = [r.get(f"{m}_vs_plain") or 0.0 for r in rows]
+            lo = [max(0.0, v - (r.get(f"{m}_vs_plain_q1") or v)) for v, r in zip(vals, rows, strict=True)]
+            hi = [max(0.0, (r.get(f"{m}_vs_plain_q3") or v) - v) for v, r in zip(vals, rows, strict=True)]
+            ax.bar([j + i * width for j in range(len(rows))], vals, width, yerr=[lo, hi], label=m, capsize=3)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(rows))])
+        ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right")
+        ax.set_ylabel("latency / plain model")
+        vals = [r.get(f"{m}_vs_plain") or 1.0 for r in rows for m in modes]
+        ax.set_ylim(min(0.9, min(vals) - 0.02), max(vals) + 0.05)
+        ax.set_title(f"{result['config']['model']}, input {_shape(result['config']['shape'])}")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def new_run_dir(base: str | Path = "runs", prefix: str = "bench") -> Path:
+    """A fresh folder ``base/prefix-YYYYmmdd-HHMMSS[-N]`` (never an existing one)."""
+    import datetime as dt
+
+    base = Path(base)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    cand = base / f"{prefix}-{stamp}"
+    n = 2
+    while cand.exists():
+        cand = base / f"{prefix}-{stamp}-{n}"
+        n += 1
+    return cand
+
+
+def write_outputs(result: dict, out_dir: str | Path, title: str | None = None, extra_md: str = "") -> dict[str, Path]:
+    """Write bench.json, bench.md and bench.png into the new folder ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"output folder {out} already exists; choose another --out (results are never overwritten)")
+    out.mkdir(parents=True)
+    paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
+    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    paths["md"].write_text(markdown(result, title, extra_md))
+    plot(result, paths["png"])
+    return paths

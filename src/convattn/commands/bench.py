@@ -1,0 +1,94 @@
+"""``convattn bench``: what attention modules and models with attention cost.
+
+Modules (all registered, or ``--modules se,cbam``) at ``--shapes``: params,
+FLOPs, eval and train latency as ratios to the memory-traffic floor and to
+timm's module, peak memory. Models (``--model resnet50 --attention se,cbam,eca``):
+the same against the plain model and timm's model with its own attention.
+Writes bench.md, bench.json and bench.png into a new folder and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "measure params, FLOPs, latency and peak memory of attention modules or of models with attention"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--modules", help="comma-separated registry keys (default: every registered module)")
+    p.add_argument("--model", help="benchmark this backbone (see create_model) instead of modules alone")
+    p.add_argument("--attention", default="se,cbam,eca",
+                   help="with --model: comma-separated attentions to compare with the plain model (default se,cbam,eca)")
+    p.add_argument("--where", default="block", help="with --model: placement passed to create_model (default block)")
+    p.add_argument("--shapes", help="input shapes BxCxHxW, comma-separated (default 8x256x28x28,32x64x56x56 for "
+                   "modules, 8x3x224x224 for --model)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float64")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for inputs and weights")
+    p.add_argument("--threads", type=int, default=2, help="torch threads while timing (default 2)")
+    p.add_argument("--modes", default=None, help="eval,train (default both for modules, eval for --model)")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-peers", action="store_true", help="skip timm's implementations")
+    p.add_argument("--out", help="output folder (must not exist; default runs/bench-<time>)")
+
+
+def _validate(args: argparse.Namespace):
+    from ..bench.options import (
+        DEFAULT_MODEL_SHAPE,
+        DEFAULT_MODULE_SHAPES,
+        check_modes,
+        check_modules,
+        check_threads,
+        parse_dtype,
+        parse_names,
+        parse_shapes,
+    )
+
+    parse_dtype(args.dtype)
+    check_threads(args.threads)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    modes = check_modes(parse_names(args.modes)) if args.modes else (("eval",) if args.model else ("eval", "train"))
+    if args.model:
+        if args.modules:
+            raise ValueError("give either --modules or --model, not both")
+        attentions = check_modules(parse_names(args.attention))
+        if not attentions:
+            raise ValueError("--attention is empty; give registry keys such as se,cbam,eca")
+        shapes = parse_shapes(args.shapes) if args.shapes else [DEFAULT_MODEL_SHAPE]
+        if len(shapes) != 1 or len(shapes[0]) != 4:
+            raise ValueError(f"--model takes one BxCxHxW shape, got {args.shapes!r}")
+        return modes, attentions, shapes
+    from ..registry import list_attention
+
+    names = check_modules(parse_names(args.modules)) if args.modules else list_attention()
+    shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_MODULE_SHAPES)
+    return modes, names, shapes
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from ..bench import new_run_dir, print_table, run_models, run_modules, write_outputs
+
+    modes, names, shapes = _validate(args)  # every bad option fails here, before any work
+    out = Path(args.out) if args.out else new_run_dir("runs", "bench")
+    if out.exists():
+        raise FileExistsError(f"output folder {out} already exists; choose another --out (results are never overwritten)")
+    console = Console(stderr=True)
+    common = dict(dtype=args.dtype, channels_last=args.channels_last, threads=args.threads, modes=modes,
+                  peers=not args.no_peers, memory=not args.no_memory, rounds=args.rounds)
+    with console.status("benchmarking...") as status:
+        def progress(msg: str) -> None:
+            status.update(f"benchmarking: {msg}")
+
+        if args.model:
+            result = run_models(args.model, names, where=args.where, shape=shapes[0], progress=progress, **common)
+        else:
+            result = run_modules(names, shapes, progress=progress, **common)
+    print_table(result)
+    paths = write_outputs(result, out)
+    print(f"wrote {paths['md']}, {paths['json'].name} and {paths['png'].name} in {out}")
+    return 0
