@@ -130,6 +130,7 @@ class FcaNet(AttentionModule):
         self.freq_sel = freq_sel
         self.dct_size = dct_size
         self.groups = fca_channel_groups(channels, len(self.freqs))
+        self.register_buffer("group_index", torch.tensor(self.groups), persistent=False)
         self.fc1 = nn.Linear(channels, width, bias=False)
         self.fc2 = nn.Linear(width, channels, bias=False)
         self._bases: dict[tuple, torch.Tensor] = {}
@@ -142,8 +143,7 @@ class FcaNet(AttentionModule):
         if b is None:
             used = self.freqs[: self.groups[-1] + 1]
             per_freq = torch.stack([dct_basis_nd(size, fca_frequency_nd(f, size)).reshape(-1) for f in used])
-            counts = torch.bincount(torch.as_tensor(self.groups), minlength=len(used))
-            b = per_freq.repeat_interleave(counts, dim=0).to(dtype=dtype, device=device)
+            b = per_freq.to(dtype=dtype, device=device)[self.group_index]
             if not torch.compiler.is_compiling():  # torch.export: no attribute writes
                 self._bases[key] = b
         return b
