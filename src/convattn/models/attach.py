@@ -508,6 +508,7 @@ def attach(
     for s, m in zip(sites, made, strict=True):
         if ref is not None:
             m.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        m.train(s.module.training)  # an eval-mode model gets eval-mode attention
         setattr(m, _MARK, True)
         s.module.add_module(ATTR, m)
         if not _is_plain_sequential(s.module):
