@@ -155,8 +155,8 @@ def test_unknown_model_lists_valid_names_and_closest():
 
 
 def test_unknown_attention_in_create_model():
-    with pytest.raises(ValueError, match="unknown attention 'sqeeze_excite'.*did you mean"):
-        create_model("resnet8", attention="sqeeze_excite")
+    with pytest.raises(ValueError, match="unknown attention 'cbamm'; did you mean 'cbam'"):
+        create_model("resnet8", attention="cbamm")
 
 
 def test_import_convattn_models_is_light():
