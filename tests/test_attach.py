@@ -363,6 +363,26 @@ def test_identity_init_learns():
     assert not torch.allclose(m(x), now_plain(x))  # the attention now changes the output
 
 
+@pytest.mark.parametrize("key", ["gc", "gct"])
+def test_identity_init_keeps_modules_that_are_identity_already(key):
+    # wrapping a zero-scale residual module would be a dead saddle: y = x + alpha * gamma * f(x)
+    need(key)
+    m = create_model("resnet8", num_classes=3)
+    randomize(m, seed=4)
+    x = torch.randn(4, 3, 16, 16)
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)
+    attach(m, key, init="identity")
+    mods = [m.get_submodule(p) for p in attached(m)]
+    assert all(mod.registry_name == key for mod in mods)  # not wrapped
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=0, atol=0)
+    m.train()
+    m(x).logsumexp(1).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for mod in mods for p in mod.parameters())
+
+
 def test_identity_init_uses_module_own_identity_init():
     class Gate(nn.Module):
         def __init__(self, channels):

@@ -38,12 +38,21 @@ kernels ``attach(m, "eca", kernel_size=per_stage(3, 5, 5, 7))``.
 
 ``init="identity"`` makes every inserted module start as the exact identity, so
 that attaching to a trained model leaves its outputs unchanged until fine-tuning
-moves them. A module that defines ``identity_init()`` (a zero-initialised
-residual scale of its own, for example) is asked to do that; every other module
-is wrapped in :class:`IdentityInit`, ``y = x + alpha * (m(x) - x)`` with a
-learnable scalar ``alpha`` initialised to 0. At the first step only ``alpha``
-receives a gradient (the module's own gradients are multiplied by ``alpha = 0``);
-from the second step on both learn (the ReZero / zero-init-residual recipe).
+moves them. In order of preference:
+
+1. a module that defines ``identity_init()`` is asked to make itself the identity;
+2. a module that already is the exact identity at its own init (a zero-initialised
+   residual scale: GC, GCT, DANet's PAM/CAM, non-local, SAGAN; checked on a random
+   probe input) is left as it is;
+3. every other module is wrapped in :class:`IdentityInit`,
+   ``y = x + alpha * (m(x) - x)`` with a learnable scalar ``alpha`` initialised
+   to 0. At the first step only ``alpha`` receives a gradient (the module's own
+   gradients are multiplied by ``alpha = 0``); from the second step on both learn
+   (the ReZero / zero-init-residual recipe).
+
+Step 2 matters: wrapping a module that is already the identity through a zero
+scale ``gamma`` would give ``y = x + alpha * gamma * f(x)`` with both factors 0,
+a saddle where neither ``alpha`` nor ``gamma`` ever receives a gradient.
 """
 
 from __future__ import annotations
@@ -426,6 +435,25 @@ def _factory(attention: Any) -> Callable[..., nn.Module]:
     )
 
 
+def _is_identity(m: nn.Module, channels: int, dims: int) -> bool:
+    """True when ``m`` returns its input exactly on a random probe (eval mode, no grad)."""
+    p = next(iter(m.parameters()), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, channels) + (8,) * dims, generator=g, dtype=dtype)
+    modes = [(mod, mod.training) for mod in m.modules()]
+    m.eval()
+    try:
+        with torch.no_grad():
+            y = m(x.clone())
+        return isinstance(y, torch.Tensor) and y.shape == x.shape and torch.equal(y, x)
+    except Exception:  # a module that cannot run on the probe: wrap it to be safe
+        return False
+    finally:
+        for mod, training in modes:
+            mod.training = training
+
+
 def _apply_attention(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
     # forward hook installed by attach(): the inserted module transforms the output
     return module._modules[ATTR](output)
@@ -499,7 +527,7 @@ def attach(
         if init == "identity":
             if callable(getattr(m, "identity_init", None)):
                 m.identity_init()
-            else:
+            elif not _is_identity(m, s.channels, s.dims):
                 m = IdentityInit(m)
         made.append(m)
 
