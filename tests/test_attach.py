@@ -588,3 +588,28 @@ def test_onnx_export(resnet18_cbam, tmp_path):
     with torch.no_grad():
         ref = resnet18_cbam(x)
     torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_capture_maps_on_attached_model():
+    need("cbam")
+    m = create_model("resnet18", attention="cbam", num_classes=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with convattn.capture_maps(m) as maps:
+        m(x)
+    spatial = maps.of_kind("spatial")
+    # one spatial map per block, at the block's resolution (64 / 4 = 16, then 8, 4, 2)
+    assert len(spatial) == 8
+    assert all(p.startswith(tuple(attached(m))) for p in spatial)
+    assert [tuple(t.shape) for t in spatial.values()][::2] == [(2, 16, 16), (2, 8, 8), (2, 4, 4), (2, 2, 2)]
+    assert all(((t >= 0) & (t <= 1)).all() for t in spatial.values())
+
+
+def test_torch_export_of_attached_model():
+    m = create_model("resnet8", attention="se", num_classes=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    randomize(m, seed=9)
+    out = torch.export.export(m, (x,)).module()(x)
+    torch.testing.assert_close(out, m(x))
+    plain = copy.deepcopy(m)
+    detach(plain)
+    assert not torch.allclose(out, plain(x))  # the hooked modules are in the exported graph
