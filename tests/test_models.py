@@ -289,3 +289,21 @@ def test_load_weights_round_trip_after_detach(tmp_path):
     assert rep2.unexpected and all(".attention." in k for k in rep2.unexpected)
     for (k1, v1), (k2, v2) in zip(m.state_dict().items(), plain.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
+
+
+@pytest.mark.parametrize(
+    "name,blocks",
+    # blocks per architecture: ResNet-34 3+4+6+3, ResNet-101 3+4+23+3, VGG-16 5 conv blocks,
+    # CIFAR ResNet-(6n+2) 3n
+    [("resnet34", 16), ("resnet101", 33), ("vgg16_bn", 5), ("resnet8", 3), ("resnet32", 15), ("resnet56", 27)],
+)
+def test_create_model_every_remaining_name_with_attention(name, blocks):
+    m = create_model(name, attention="se", init="identity")
+    paths = attached(m)
+    assert len(paths) == blocks
+    widths = [m.get_submodule(p).module.channels for p in paths]
+    with_attention = n_params(m)
+    detach(m)
+    # identity wrappers: the SE parameters plus one alpha per block
+    se = sum(n_params(convattn.create_attention("se", c)) for c in widths)
+    assert with_attention - n_params(m) == se + blocks
