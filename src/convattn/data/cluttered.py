@@ -44,7 +44,7 @@ import numpy as np
 from .cache import atomic_save_npz, cache_dir
 
 DIGIT = 28
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ARRAYS = ("images", "labels", "boxes", "box_labels", "masks", "sources", "offsets", "clutter_sources")
 
 
@@ -149,9 +149,15 @@ def make_canvases(
     pool: np.ndarray,
     n: int,
     cfg: ClutteredConfig,
-    rng: np.random.Generator,
+    key: tuple[int, ...],
 ) -> dict[str, np.ndarray]:
-    """``n`` canvases whose digits and clutter come from ``digits[pool]``."""
+    """``n`` canvases whose digits and clutter come from ``digits[pool]``.
+
+    Canvas ``i`` depends only on ``(key, i)`` (its own random generator, and the
+    ``i``-th entries of a fixed cycle through the shuffled pool), so the first
+    ``m`` canvases of a set of ``n`` equal a set of ``m``: small budgets
+    generate only what they use.
+    """
     S, K = cfg.canvas, cfg.max_digits
     out = {
         "images": np.zeros((n, S, S), np.uint8),
@@ -163,17 +169,23 @@ def make_canvases(
         "offsets": np.full((n, K, 2), -1, np.int16),
         "clutter_sources": np.full((n, cfg.clutter), -1, np.int32),
     }
-    # Cycle through the pool in random order so every source digit is used.
-    order = np.concatenate([pool[rng.permutation(len(pool))] for _ in range(-(-n * K // len(pool)) + 1)])
-    cursor = 0
+    # Slot k of canvas i takes entry i * K + k of a cycle through the pool, reshuffled
+    # every cycle, so every source digit is used as evenly as possible.
+    cycles: dict[int, np.ndarray] = {}
+
+    def source(j: int) -> int:
+        c, r = divmod(j, len(pool))
+        if c not in cycles:
+            cycles[c] = pool[np.random.default_rng([*key, 1_000_000 + c]).permutation(len(pool))]
+        return int(cycles[c][r])
     ink = digits.reshape(len(digits), -1).sum(1)
     for i in range(n):
         canvas, mask = out["images"][i], out["masks"][i]
+        rng = np.random.default_rng([*key, i])
         k = int(rng.integers(cfg.min_digits, cfg.max_digits + 1))
         placed: list[tuple[int, int, int, int]] = []
         for slot in range(k):
-            src = int(order[cursor])
-            cursor += 1
+            src = source(i * K + slot)
             d = digits[src]
             bx0, by0, bx1, by1 = _ink_box(d)
             for _attempt in range(200):
@@ -219,11 +231,9 @@ def generate(cfg: ClutteredConfig) -> dict[str, dict[str, np.ndarray]]:
     cfg.validate()
     digits, labels = load_source_digits()
     train_src, test_src = split_sources(labels, cfg.test_fraction, cfg.seed)
-    rng_train = np.random.default_rng([cfg.seed, 2])
-    rng_test = np.random.default_rng([cfg.seed, 3])
     return {
-        "train": make_canvases(digits, labels, train_src, cfg.train_size, cfg, rng_train),
-        "test": make_canvases(digits, labels, test_src, cfg.test_size, cfg, rng_test),
+        "train": make_canvases(digits, labels, train_src, cfg.train_size, cfg, (cfg.seed, 2)),
+        "test": make_canvases(digits, labels, test_src, cfg.test_size, cfg, (cfg.seed, 3)),
         "train_sources": train_src,
         "test_sources": test_src,
     }

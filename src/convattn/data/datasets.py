@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 EMBEDDED = ("cluttered-mnist", "mnist", "embedded")
+#: fixed normalisation of the embedded canvases (pixel / 255), about the mean and std of
+#: the default canvases, so that any subset (and `convattn eval`) sees the same inputs
+EMBEDDED_STATS = (0.08, 0.24)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -154,6 +157,12 @@ def load_data(
         raise ValueError(f"image-size must be >= 8 pixels, got {image_size}")
     kind, path = parse_spec(spec)
     if kind == "embedded":
+        if cluttered is None:
+            # canvases are prefix-consistent (see cluttered.make_canvases): build only what is used
+            from .cluttered import ClutteredConfig
+
+            d = ClutteredConfig()
+            cluttered = ClutteredConfig(train_size=train_size or d.train_size, test_size=test_size or d.test_size)
         bundle = _embedded(image_size, cache, cluttered)
     elif kind in ("cifar10", "cifar100"):
         bundle = _cifar(kind, path, image_size)
@@ -184,13 +193,11 @@ def _embedded(image_size: int | None, cache, cfg) -> DataBundle:
     size = image_size or cfg.canvas
     scale = size / cfg.canvas
     sets = {}
-    stats = None
+    stats = EMBEDDED_STATS
     for split in ("train", "test"):
         a = data[split]
         x = torch.from_numpy(a["images"]).float().unsqueeze(1) / 255.0
         x = _resize_images(x, size)
-        if stats is None:
-            stats = (float(x.mean()), float(x.std()))
         x = (x - stats[0]) / stats[1]
         mask = torch.from_numpy(a["masks"].astype(np.int64))
         if size != cfg.canvas:

@@ -1,0 +1,108 @@
+"""A tiny ``convattn compare``: every report file, with numbers that agree with each other."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+
+from convattn.cli import main
+
+TINY = ["--epochs", "1", "--train-size", "64", "--test-size", "32", "--image-size", "16", "--batch-size", "16",
+        "--threads", "1", "--localisation-images", "32", "--gallery-images", "3"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp() / "convattn-cache")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cache):
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("compare") / "run"
+    code = main(["compare", "--variants", "none,cbam", "--seeds", "2", *TINY, "--cache-dir", cache,
+                 "--out", str(out), "--quiet"])
+    torch.set_num_threads(threads)
+    assert code == 0
+    return out
+
+
+def parse_table(md: str) -> dict[str, dict[str, str]]:
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(head, cells, strict=True))
+    return rows
+
+
+def test_every_report_file_is_written(run):
+    for name in ("report.md", "metrics.json", "metrics.csv", "learning_curves.png", "attention_gallery.png",
+                 "config.json"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    from PIL import Image
+
+    for png in ("learning_curves.png", "attention_gallery.png"):
+        with Image.open(run / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    for v in ("none", "cbam"):
+        for s in (0, 1):
+            assert (run / "runs" / f"{v}-seed{s}" / "latest.json").is_file()
+
+
+def test_report_numbers_equal_metrics_json(run):
+    m = json.loads((run / "metrics.json").read_text())
+    md = (run / "report.md").read_text()
+    table = parse_table(md)
+    assert list(table) == ["none", "cbam"] == list(m["variants"])
+    for name, v in m["variants"].items():
+        row = table[name]
+        acc, std = (float(x) for x in row["test acc % (mean ± std)"].split("±"))
+        assert len(v["accuracy"]) == 2 and v["seeds"] == [0, 1]
+        mean = sum(v["accuracy"]) / 2
+        assert v["accuracy_mean"] == pytest.approx(mean)
+        assert acc == round(v["accuracy_mean"] * 100, 2) and std == round(v["accuracy_std"] * 100, 2)
+        assert row["params"].replace(",", "") == str(v["params"])
+        assert float(row["MFLOPs"]) == round(v["flops"] / 1e6, 2)
+        assert float(row["latency ms/img"]) == round(v["latency_s"] * 1e3, 3)
+        # each seed's accuracy is its last epoch's test accuracy
+        assert [h[-1]["test_accuracy"] for h in v["history"]] == v["accuracy"]
+    # channel-free baseline has no spatial map and says so; cbam has scores in [0, 1]
+    assert table["none"]["pointing game"] == "no spatial map" and m["variants"]["none"]["localisation"] is None
+    loc = m["variants"]["cbam"]["localisation"]
+    assert float(table["cbam"]["pointing game"]) == round(loc["pointing_game"], 3)
+    assert float(table["cbam"]["energy in box"]) == round(loc["energy_in_box"], 3)
+    assert 0 <= loc["pointing_game"] <= 1 and 0 <= loc["energy_in_box"] <= 1
+    vs = m["variants"]["cbam"]["vs_baseline"]
+    assert float(table["cbam"]["Δ vs baseline (points)"]) == round(vs["diff"], 2)
+    assert vs["diff"] == pytest.approx((m["variants"]["cbam"]["accuracy_mean"] - m["variants"]["none"]["accuracy_mean"]) * 100)
+    assert vs["statement"] in md and "little" in md and "power" in md
+    assert re.search(r"parameters|Params", md)
+
+
+def test_csv_has_one_row_per_training(run):
+    m = json.loads((run / "metrics.json").read_text())
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1"), ("cbam", "0"), ("cbam", "1")]
+    for r in rows:
+        v = m["variants"][r["variant"]]
+        i = v["seeds"].index(int(r["seed"]))
+        assert float(r["test_accuracy"]) == v["accuracy"][i]
+        assert int(r["params"]) == v["params"]
+    assert rows[0]["pointing_game"] == "" and float(rows[2]["pointing_game"]) == m["variants"]["cbam"]["localisation"]["pointing_game_per_seed"][0]
+
+
+def test_resume_of_a_finished_compare_reproduces_it(run, cache, capsys):
+    before = json.loads((run / "metrics.json").read_text())
+    assert main(["compare", "--resume", str(run), "--threads", "1", "--quiet", "--cache-dir", cache]) == 0
+    after = json.loads((run / "metrics.json").read_text())
+    for name in before["variants"]:
+        assert after["variants"][name]["accuracy"] == before["variants"][name]["accuracy"]
+        assert after["variants"][name]["resumed_from_epoch"] == [1, 1]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
