@@ -565,6 +565,7 @@ def resnet18_cbam():
     return m.eval()
 
 
+@pytest.mark.slow
 def test_torch_compile(resnet18_cbam):
     # fullgraph=True: the forward hooks are traced into one graph (no graph break). The
     # aot_eager backend runs dynamo + AOTAutograd without inductor's C++ codegen, which
@@ -577,6 +578,7 @@ def test_torch_compile(resnet18_cbam):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_export(resnet18_cbam, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
