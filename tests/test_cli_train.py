@@ -53,6 +53,9 @@ def test_train_writes_a_run_and_eval_reproduces_its_accuracy(trained, cache, tmp
     assert ev["test"]["accuracy"] == m["variants"]["cbam"]["accuracy"][0]
     assert ev["localisation"]["pointing_game"] == m["variants"]["cbam"]["localisation"]["pointing_game"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "ev")
+    # the train run folder itself also works (it holds one checkpoint)
+    assert main(["eval", str(trained), "--cache-dir", cache, "--out", str(tmp_path / "ev2"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["test"] == ev["test"]
 
 
 def test_train_same_seed_same_metrics(trained, cache, tmp_path):

@@ -162,3 +162,5 @@ def test_welch_statements():
     assert near["outside_noise"] is False and "within the seed-to-seed noise" in near["statement"]
     one = welch([0.8], [0.7], "se", "none")
     assert one["p_value"] is None and "needs >= 2 seeds" in one["statement"]
+    flat = welch([0.5, 0.5], [0.6, 0.6], "se", "none")
+    assert flat["p_value"] is None and "undefined" in flat["statement"]

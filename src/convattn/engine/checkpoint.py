@@ -95,7 +95,13 @@ def find_checkpoint(path: str | Path) -> Path:
     for cand in (p / LATEST, p / "checkpoint" / LATEST):
         if cand.exists():
             return cand
-    raise FileNotFoundError(f"no checkpoint in {p} (expected {p}/checkpoint/{LATEST} or {p}/{LATEST})")
+    inside = sorted(p.glob(f"runs/*/{LATEST}"))  # a train/compare run folder
+    if len(inside) == 1:
+        return inside[0]
+    if len(inside) > 1:
+        names = ", ".join(str(c.parent) for c in inside[:6])
+        raise ValueError(f"{p} holds {len(inside)} checkpoints; pass one of: {names}")
+    raise FileNotFoundError(f"no checkpoint in {p} (expected a run folder or a folder with {LATEST})")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

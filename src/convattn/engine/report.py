@@ -72,9 +72,21 @@ def welch(values: list[float], baseline: list[float], name: str, base_name: str,
     if len(values) < 2 or len(baseline) < 2:
         out["statement"] = f"{head}; not tested (Welch's t-test needs >= 2 seeds per variant)."
         return out
+    if mean_std(values)[1] == 0 and mean_std(baseline)[1] == 0:
+        same = values[0] == baseline[0]
+        out["outside_noise"] = False if same else None
+        out["statement"] = (
+            f"{head}; identical results on every seed." if same
+            else f"{head}; no spread within either variant, so the t-test is undefined."
+        )
+        return out
+    import warnings
+
     from scipy.stats import ttest_ind
 
-    p = float(ttest_ind(values, baseline, equal_var=False).pvalue)
+    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value is still defined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(values, baseline, equal_var=False).pvalue)
     if math.isnan(p):
         same = all(v == baseline[0] for v in values + baseline)
         out["statement"] = (
@@ -151,14 +163,26 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     return "\n".join([head, sep, *body])
 
 
+#: shorter headers for the terminal (same columns, same numbers as report.md)
+SHORT = {"acc": "acc % ± std", "seeds": "n", "diff": "Δ pts", "p": "p", "flops": "MFLOPs",
+         "latency": "ms/img", "pointing": "pointing", "energy": "energy"}
+
+
 def summary_table(summary: dict[str, Any]):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{summary['command']}: test {summary['metric']} over seeds ({summary['data']['name']})")
-    for k, h in COLUMNS:
-        table.add_column(h, justify="left" if k == "variant" else "right", style="bold" if k == "variant" else None)
+    cols = [(k, h) for k, h in COLUMNS if k != "seeds"]
+    table = Table(
+        title=f"{summary['command']}: test {summary['metric']} over {len(summary['seeds'])} seed(s) "
+              f"({summary['data']['name']})",
+        box=box.SIMPLE_HEAD, pad_edge=False,
+    )
+    for k, h in cols:
+        table.add_column(SHORT.get(k, h), justify="left" if k == "variant" else "right",
+                         style="bold" if k == "variant" else None)
     for r in table_rows(summary):
-        table.add_row(*(r[k] for k, _ in COLUMNS))
+        table.add_row(*(r[k].replace("no spatial map", "no map").replace("baseline", "base") for k, _ in cols))
     return table
 
 
