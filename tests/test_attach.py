@@ -446,6 +446,17 @@ def test_attached_model_deepcopies_and_round_trips_state_dict(tmp_path):
     assert detach(c) and not attached(c) and attached(m)
 
 
+def test_frozen_batchnorm_backbone():
+    # detection backbones use FrozenBatchNorm2d (buffers only, no num_features)
+    import torchvision
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    m = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d).eval()
+    pts = attach(m, "se")
+    assert [p.channels for p in pts] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
 def test_attach_follows_dtype_and_training_mode():
     m = create_model("resnet8").double().eval()
     attach(m, "se")

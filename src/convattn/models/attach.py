@@ -165,8 +165,15 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _is_frozen_bn(m: nn.Module) -> bool:
+    # torchvision.ops.FrozenBatchNorm2d, timm's FrozenBatchNorm2d (detection backbones):
+    # buffers only, no num_features
+    rm = m._buffers.get("running_mean")
+    return "BatchNorm" in type(m).__name__ and isinstance(rm, torch.Tensor) and rm.dim() == 1
+
+
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, _NORMS)
+    return isinstance(m, _NORMS) or _is_frozen_bn(m)
 
 
 def _is_conv(m: nn.Module) -> bool:
@@ -175,6 +182,8 @@ def _is_conv(m: nn.Module) -> bool:
 
 def _width_of(m: nn.Module) -> tuple[int, int] | None:
     """(channels, dims) when ``m`` itself is a norm or conv."""
+    if _is_frozen_bn(m) and not isinstance(m, _NORMS):
+        return m._buffers["running_mean"].numel(), 2
     if _is_norm(m):
         c = m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features
         dims = next((d for t, d in _NORM_DIMS.items() if isinstance(m, t)), 2)
