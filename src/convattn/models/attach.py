@@ -530,7 +530,7 @@ def attach(
             k: v.pick(k, s.stage, order, n_stages, len(sites), where) if isinstance(v, PerStage) else v
             for k, v in options.items()
         }
-        m = build(s.channels, s.dims, **opts)
+        m = build(s.channels, opts.pop("dims", s.dims), **opts)
         if any(m is o for o in made):
             raise ValueError("attach: the attention factory returned the same module twice; return a new one per call")
         if init == "identity":
