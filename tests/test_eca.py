@@ -9,6 +9,7 @@ import torch
 from conftest import randomize
 
 from convattn import create_attention
+from convattn.attention.eca import eca_kernel_size
 
 
 def eca_reference(x, taps):
@@ -53,6 +54,15 @@ def test_eca_adaptive_kernel_size(C):
     assert m.conv.kernel_size == (adaptive_k(C),)
     # parameters = k, independent of C
     assert sum(p.numel() for p in m.parameters()) == adaptive_k(C)
+
+
+def test_eca_rounding_is_nearest_odd_ties_up():
+    # the documented reading of |t|_odd: the nearest odd number, an even integer t going up
+    for C in range(8, 5000, 7):
+        t = (math.log2(C) + 1) / 2
+        lo = 2 * math.floor((t - 1) / 2) + 1  # the largest odd number <= t
+        nearest = lo if t - lo < lo + 2 - t else lo + 2
+        assert eca_kernel_size(C) == nearest, C
 
 
 def test_eca_resnet50_kernel_sizes():

@@ -24,12 +24,19 @@ where |t|_odd is "the nearest odd number to t". We compute it exactly as timm's
     k = t if t is odd else t + 1        (even t goes *up* to the next odd number)
     k = max(k, 3)                       (timm's lower bound; without it C < 8 gives k = 1)
 
-e.g. C = 64 -> 3, 128 -> 5, 256 -> 5, 512 -> 5, 1024 -> 5, 2048 -> 7. For the
+Truncating and then moving an even t up by one is exactly "the nearest odd number"
+with the ties (t an even integer, e.g. C = 128 or 2048) broken upwards.
+Examples: C = 64 -> 3, 128 -> 5, 256 -> 5, 512 -> 5, 1024 -> 5, 2048 -> 7. For the
 ResNet-50 stage outputs (256, 512, 1024, 2048) this gives (5, 5, 5, 7), while the
 released ECA-ResNet-50 hard-codes k = (3, 5, 5, 7) per stage (80 parameters in
 total, the paper's "80"); the official module itself never computes k (its
 default is 3). Pass ``kernel_size=`` to choose k explicitly (e.g. to reproduce
 the released model stage by stage).
+
+Implementation: the 1D convolution is evaluated as ``unfold(pad(y)) @ taps``, the same
+zero-padded cross-correlation as ``nn.Conv1d`` (whose weight ``self.conv.weight``
+holds the taps, so timm/official state dicts load), but without the per-call setup
+cost of the oneDNN convolution on tiny inputs.
 
 Deviations: none in the maths. Works on 1D, 2D and 3D inputs (the pooling is over
 every spatial dim; the convolution runs across channels, so it does not depend on
@@ -99,8 +106,12 @@ class ECA(AttentionModule):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights w, shape (B, C)."""
-        y = spatial_mean(x).unsqueeze(1)  # (B, 1, C)
-        return torch.sigmoid(F.conv1d(y, self.conv.weight, None, 1, self.conv.padding)).squeeze(1)
+        # the zero-padded k-tap cross-correlation of nn.Conv1d, written as (B, C, k) @ (k,):
+        # same maths and weights as self.conv, without oneDNN's per-call setup cost
+        k = self.kernel_size
+        p = (k - 1) // 2
+        y = F.pad(spatial_mean(x), (p, p))  # (B, C + 2p)
+        return torch.sigmoid(y.unfold(-1, k, 1) @ self.conv.weight.view(k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

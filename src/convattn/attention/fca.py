@@ -166,8 +166,9 @@ class FcaNet(AttentionModule):
         """y_c = sum_S x_c B_c over every spatial position: (B, C, *S) -> (B, C)."""
         xp = self._pool_input(x)
         b = self.basis(xp.shape[2:], xp.dtype, xp.device)
-        # one batched dot product per channel (a bmm over C): a single pass over x, no temporary
-        return torch.einsum("bcn,cn->bc", xp.flatten(2), b)
+        # a per-channel dot product. Measured on CPU, multiply-then-sum (one temporary of x's
+        # size) is 2-4x faster than einsum's bmm over C (C gemv calls) or a depthwise conv.
+        return (xp.flatten(2) * b).sum(-1)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights att, shape (B, C)."""

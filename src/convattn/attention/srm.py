@@ -29,6 +29,10 @@ Deviations: the official BatchNorm2d runs on (B, C, 1, 1); our BatchNorm1d on
 load unchanged. Pooling is over every spatial dim, so 1D and 3D inputs work. An
 input with a single spatial position has no unbiased variance: we raise a
 ValueError rather than return NaN as the official code would.
+
+Implementation: the variance is computed in two passes (the mean, then the norm
+of the centred values), which is as stable as torch's ``var`` and several times
+faster on CPU than ``torch.var_mean``; it costs one temporary of the input's size.
 """
 
 from __future__ import annotations
@@ -81,7 +85,14 @@ class SRM(AttentionModule):
                 f"{self._owner()}: needs at least 2 spatial positions for the unbiased "
                 f"standard deviation; got shape {tuple(x.shape)}"
             )
-        var, mean = torch.var_mean(x.flatten(2), dim=-1, correction=1)
+        # two-pass variance: mean, then the norm of the centred values. torch.var_mean
+        # (Welford) is ~20x slower than a mean on CPU; the one-pass sum-of-squares formula
+        # loses precision when |mean| >> std.
+        flat = x.flatten(2)
+        mean = flat.mean(-1, keepdim=True)
+        ss = torch.linalg.vector_norm(flat - mean, 2, dim=-1)
+        var = ss * ss / (n - 1)
+        mean = mean.squeeze(-1)
         std = torch.sqrt(var + self.eps) if self.eps else torch.sqrt(var)
         z = mean * self.cfc[:, 0] + std * self.cfc[:, 1]
         return torch.sigmoid(self.bn(z))
