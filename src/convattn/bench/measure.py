@@ -2,7 +2,7 @@
 
 - Parameters: ``sum(p.numel())``.
 - FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix
-  products and convolutions only (elementwise work such as pooling, sigmoid and
+  products and convolutions only (we add matrix-vector and dot products; elementwise work such as pooling, sigmoid and
   the gating multiply is not counted, so a parameter-free module reports 0).
 - Latency: :class:`torch.utils.benchmark.Timer` with ``num_threads``; the
   variants of one comparison are timed *interleaved* (A B C A B C ...), one block
@@ -59,11 +59,23 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _mv_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """Matrix-vector product (ECA writes its k-tap conv as one): 2 * M * K."""
+    return 2 * a_shape[0] * a_shape[1]
+
+
+def _dot_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a_shape[0]
+
+
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten.mv: _mv_flop, torch.ops.aten.dot: _dot_flop}
+
+
 def count_flops(module: nn.Module, x: torch.Tensor, mode: str = "eval") -> int:
     """FLOPs of one forward (``eval``) or forward + backward (``train``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     was_training = module.training
     if mode == "eval":
         module.eval()

@@ -121,7 +121,7 @@ METHOD = (
     "round), median over rounds with the interquartile range; ratios are medians of per-round ratios to the "
     "baseline timed in the same rounds. FLOOR = `x * x.mean(spatial)`, the reads and writes every gate needs. "
     "Train = forward + backward (gradients of the input and every parameter). FLOPs from "
-    "torch.utils.flop_counter (matrix products and convolutions only). Peak memory: VmHWM - VmRSS around one "
+    "torch.utils.flop_counter (matrix, matrix-vector products and convolutions only; elementwise work is not counted). Peak memory: VmHWM - VmRSS around one "
     "full-size call in a fresh process after a tiny warm-up call and a reset of /proc/self/clear_refs."
 )
 

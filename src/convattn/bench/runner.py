@@ -56,10 +56,10 @@ def environment() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        import timm
+        from importlib.metadata import PackageNotFoundError, version
 
-        timm_version = timm.__version__
-    except ImportError:
+        timm_version = version("timm")  # without importing timm (seconds)
+    except PackageNotFoundError:
         timm_version = None
     return {
         "time_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

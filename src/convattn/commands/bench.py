@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads while timing (default 2)")
     p.add_argument("--modes", default=None, help="eval,train (default both for modules, eval for --model)")
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (default 15)")
+    p.add_argument("--block-ms", type=float, default=None,
+                   help="time per variant per round in ms (default 50 for modules, 300 for --model)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-peers", action="store_true", help="skip timm's implementations")
     p.add_argument("--out", help="output folder (must not exist; default runs/bench-<time>)")
@@ -46,12 +48,22 @@ def _validate(args: argparse.Namespace):
 
     parse_dtype(args.dtype)
     check_threads(args.threads)
+    if args.block_ms is not None and not args.block_ms > 0:
+        raise ValueError(f"--block-ms must be > 0, got {args.block_ms}")
     if args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
     modes = check_modes(parse_names(args.modes)) if args.modes else (("eval",) if args.model else ("eval", "train"))
     if args.model:
         if args.modules:
             raise ValueError("give either --modules or --model, not both")
+        from ..models import list_models
+
+        if args.model not in list_models():
+            import difflib
+
+            close = difflib.get_close_matches(args.model, list_models(), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            raise ValueError(f"unknown model {args.model!r}; {hint}valid: {', '.join(list_models())}")
         attentions = check_modules(parse_names(args.attention))
         if not attentions:
             raise ValueError("--attention is empty; give registry keys such as se,cbam,eca")
@@ -80,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     common = dict(dtype=args.dtype, channels_last=args.channels_last, threads=args.threads, modes=modes,
                   peers=not args.no_peers, memory=not args.no_memory, rounds=args.rounds)
+    if args.block_ms is not None:
+        common["block_s"] = args.block_ms / 1000.0
     with console.status("benchmarking...") as status:
         def progress(msg: str) -> None:
             status.update(f"benchmarking: {msg}")
