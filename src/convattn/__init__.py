@@ -2,6 +2,21 @@
 
 from .layers.base import AttentionModule
 from .maps import AttentionMaps, capture_maps
+from .models import (
+    CifarResNet,
+    IdentityInit,
+    InsertionPoint,
+    PerStage,
+    WeightsReport,
+    attach,
+    attached,
+    create_model,
+    detach,
+    insertion_points,
+    list_models,
+    load_backbone_weights,
+    per_stage,
+)
 from .registry import (
     AttentionSpec,
     create_attention,
@@ -17,11 +32,24 @@ __all__ = [
     "AttentionMaps",
     "AttentionModule",
     "AttentionSpec",
+    "CifarResNet",
+    "IdentityInit",
+    "InsertionPoint",
+    "PerStage",
+    "WeightsReport",
+    "attach",
+    "attached",
     "capture_maps",
     "create_attention",
+    "create_model",
     "describe",
+    "detach",
     "get_spec",
+    "insertion_points",
     "list_attention",
+    "list_models",
+    "load_backbone_weights",
+    "per_stage",
     "register",
     "__version__",
 ]
