@@ -33,7 +33,7 @@ total, the paper's "80"); the official module itself never computes k (its
 default is 3). Pass ``kernel_size=`` to choose k explicitly (e.g. to reproduce
 the released model stage by stage).
 
-Implementation: the 1D convolution is evaluated as ``unfold(pad(y)) @ taps``, the same
+Implementation: the 1D convolution is evaluated as ``sum_j unfold(pad(y))_j taps_j``, the same
 zero-padded cross-correlation as ``nn.Conv1d`` (whose weight ``self.conv.weight``
 holds the taps, so timm/official state dicts load), but without the per-call setup
 cost of the oneDNN convolution on tiny inputs.
@@ -106,12 +106,12 @@ class ECA(AttentionModule):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights w, shape (B, C)."""
-        # the zero-padded k-tap cross-correlation of nn.Conv1d, written as (B, C, k) @ (k,):
+        # the zero-padded k-tap cross-correlation of nn.Conv1d on (B, C, k) windows:
         # same maths and weights as self.conv, without oneDNN's per-call setup cost
         k = self.kernel_size
         p = (k - 1) // 2
         y = F.pad(spatial_mean(x), (p, p))  # (B, C + 2p)
-        return torch.sigmoid(y.unfold(-1, k, 1) @ self.conv.weight.view(k))
+        return torch.sigmoid((y.unfold(-1, k, 1) * self.conv.weight.view(k)).sum(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
