@@ -87,8 +87,10 @@ def _first_error(row: dict) -> str:
     return ""
 
 
-def table_rows(result: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+def table_rows(result: dict, compact: bool = False, extra_cols=None) -> tuple[list[str], list[list[str]]]:
     cols = columns(result, compact)
+    if extra_cols:
+        cols = cols[:-1] + list(extra_cols) + cols[-1:]  # before the note column
     rows = list(result["rows"])
     if result["kind"] == "modules":
         # the FLOOR reference first for each shape
@@ -126,8 +128,9 @@ METHOD = (
 )
 
 
-def markdown(result: dict, title: str | None = None, extra: str = "") -> str:
-    headers, rows = table_rows(result)
+def markdown(result: dict, title: str | None = None, extra: str = "", extra_cols=None) -> str:
+    """The result as a markdown document; ``extra_cols`` are (header, row -> str) pairs."""
+    headers, rows = table_rows(result, extra_cols=extra_cols)
     title = title or ("Attention modules" if result["kind"] == "modules" else f"{result['config']['model']} with attention")
     out = [f"# {title}", "", describe_config(result), ""]
     if extra:
@@ -148,7 +151,7 @@ def print_table(result: dict, title: str | None = None, console=None) -> None:
         table.add_column(h, justify="left" if i == 0 or h in ("shape", "note") else "right", overflow="fold")
     last_shape = None
     for r in rows:
-        if result["kind"] == "modules":
+        if result["kind"] == "modules":  # a section per shape
             if last_shape is not None and r[1] != last_shape:
                 table.add_section()
             last_shape = r[1]

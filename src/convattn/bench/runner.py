@@ -261,6 +261,7 @@ def run_models(
     threads: int = 2,
     modes: Iterable[str] = ("eval",),
     peers: bool = True,
+    timm_attentions: Iterable[str] | None = None,
     memory: bool = True,
     rounds: int = 15,
     block_s: float = 0.3,
@@ -272,7 +273,8 @@ def run_models(
     All variants (and timm's plain model and timm's model with its own attention
     layer, when ``peers`` and timm has them) are timed interleaved in the same
     rounds; ratios are per round to the plain model (timm lines: to timm's plain
-    model).
+    model). ``timm_attentions`` limits the timm lines (default: every attention
+    timm has).
     """
     try:
         from ..models import list_models
@@ -299,7 +301,7 @@ def run_models(
         targets[a] = model_target(model, a, where, opts)
     if peers and shape[1] == 3 and timm_model_available(model, None):
         targets["timm:plain"] = timm_model_target(model, None)
-        for a in attentions:
+        for a in attentions if timm_attentions is None else [a for a in attentions if a in set(timm_attentions)]:
             if timm_model_available(model, a):
                 targets[f"timm:{a}"] = timm_model_target(model, a)
     say(f"{model}: building and timing {len(targets)} variants")
