@@ -50,8 +50,45 @@ def sse_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     """q = sigmoid(w . x + b): a 1x1 conv C -> 1 as a matrix product, (B, *S)."""
     B, C = x.shape[:2]
     flat = x.reshape(B, C, -1)
-    logits = torch.matmul(weight.view(1, 1, C).to(x.dtype), flat).view((B,) + x.shape[2:])
-    return torch.sigmoid(logits + bias.to(x.dtype))
+    # bmm with the (1, C) weight expanded over the batch: one read of x (a
+    # broadcasting matmul would copy x first)
+    w = weight.view(1, 1, C).to(x.dtype).expand(B, 1, C)
+    logits = torch.baddbmm(bias.to(x.dtype).view(1, 1, 1), w, flat)
+    return torch.sigmoid(logits.view((B,) + x.shape[2:]))
+
+
+class _MaxMerge(torch.autograd.Function):
+    """Y = max(X * s, X * q) (s broadcast over S, q over C) with a lean backward.
+
+    The branch chosen at each element is s where X (s - q) >= 0, else q; then
+    dX = g * chosen gate, ds = sum_S(g X [s chosen]), dq = sum_C(g X [q chosen]).
+    At a tie (X = 0 or s = q) this takes the s branch, a valid subgradient
+    (``torch.maximum`` would split it in halves); only full-size buffers that
+    the backward needs are built, and only X is kept between the passes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(x, sb, qb)
+        return _max_merge(x, sb, qb)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, sb, qb = ctx.saved_tensors
+        d = sb - qb  # full size
+        chose_s = (d * x).ge_(0)  # 1.0 where the s branch is taken, else 0.0
+        dx = torch.addcmul(qb, chose_s, d).mul_(g)  # g * (q + [s chosen] (s - q))
+        gx = g * x
+        gx_s = chose_s.mul_(gx)
+        s_dims = tuple(range(2, x.dim()))
+        ds = gx_s.sum(s_dims, keepdim=True)
+        dq = gx.sum(1, keepdim=True).sub_(gx_s.sum(1, keepdim=True))
+        return dx, ds, dq
+
+
+def _max_merge(x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    y = torch.mul(x, sb)
+    return torch.maximum(y, x * qb, out=y)
 
 
 def _bcast_channel(s: torch.Tensor, nd: int) -> torch.Tensor:
@@ -158,9 +195,10 @@ class SCSE(AttentionModule):
                 return x * g
             return g.mul_(x)
         if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad or q.requires_grad):
-            return torch.maximum(x * sb, x * qb)
-        y = torch.mul(x, sb)
-        return torch.maximum(y, x * qb, out=y)
+            if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+                return torch.maximum(x * sb, x * qb)
+            return _MaxMerge.apply(x, sb, qb)
+        return _max_merge(x, sb, qb)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.fc1.out_features}, merge={self.merge!r}"

@@ -34,6 +34,7 @@ Recorded maps: ``"spatial"`` (B, H, W) = the H x W branch's gate (absent with
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule
@@ -49,12 +50,103 @@ class ZPoolGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.bn(self.conv(z)))
+        return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight)))
 
 
-def _zpool(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """[max_dim x; mean_dim x] stacked on a new dim 1: (B, 2, ...)."""
-    return torch.stack((x.amax(dim), x.mean(dim)), dim=1)
+def conv_2to1(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(z, weight, padding=k // 2)`` for one output channel, computed faster.
+
+    A k x k conv with a single output channel runs poorly in oneDNN. We compute
+    the k kernel rows as k output channels of a 1 x k conv (rows[i] = sum_c,j
+    w[c, i, j] z[c, p, q + j - k//2]) and add the rows shifted by i - k//2 along
+    the first spatial axis. Same sum, reordered. z (B, 2, P, Q) -> (B, 1, P, Q).
+    """
+    k = weight.shape[-1]
+    if k == 1:
+        return F.conv2d(z, weight)
+    p = k // 2
+    P = z.shape[2]
+    rows = F.conv2d(z, weight[0].transpose(0, 1).unsqueeze(2), padding=(0, p))  # (B, k, P, Q)
+    rows = F.pad(rows, (0, 0, p, p))
+    out = rows[:, 0, 0:P]
+    for i in range(1, k):
+        out = out + rows[:, i, i : i + P]
+    return out.unsqueeze(1)
+
+
+def amax_halving(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.amax(dim)`` by repeated halving (max of the two halves).
+
+    PyTorch's amax over a middle or last dim of a few dozen elements is ~10x
+    slower than a full pass; halving costs about one pass. Odd sizes use two
+    overlapping halves (max is idempotent).
+    """
+    n = x.shape[dim]
+    while n > 3:
+        h = (n + 1) // 2
+        x = torch.maximum(x.narrow(dim, 0, h), x.narrow(dim, n - h, h))
+        n = h
+    return x.amax(dim)
+
+
+def _pool_plain(x: torch.Tensor, with_c: bool) -> list[torch.Tensor]:
+    """[max_H, mean_H, max_W, mean_W(, max_C, mean_C)] of x with standard ops."""
+    out = [x.amax(2), x.mean(2), x.amax(3), x.mean(3)]
+    if with_c:
+        out += [x.amax(1), x.mean(1)]
+    return out
+
+
+def _pool_fast(x: torch.Tensor, with_c: bool) -> list[torch.Tensor]:
+    """As :func:`_pool_plain` with the halving max over H and W (no autograd)."""
+    out = [amax_halving(x, 2), x.mean(2), amax_halving(x, 3), x.mean(3)]
+    if with_c:
+        out += [x.amax(1), x.mean(1)]
+    return out
+
+
+class _TriplePool(torch.autograd.Function):
+    """The six pooled maps with one backward that writes dx once.
+
+    dx = mean grads broadcast back (/ H, / W, / C) + max grads routed to the
+    maxima (split evenly among ties, as ``amax``'s backward does). Autograd of
+    the separate reductions would build and add six full-size gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, with_c: bool):  # type: ignore[override]
+        out = _pool_fast(x, with_c)
+        ctx.with_c = with_c
+        ctx.save_for_backward(x, *out[0::2])
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+        x, *maxima = ctx.saved_tensors
+        B, C, H, W = x.shape
+        dx = (grads[1] / H).unsqueeze(2) + (grads[3] / W).unsqueeze(3)
+        dims = (2, 3, 1) if ctx.with_c else (2, 3)
+        if ctx.with_c:
+            dx.add_((grads[5] / C).unsqueeze(1))
+        for m, gm, dim in zip(maxima, grads[0::2], dims, strict=True):
+            mask = x == m.unsqueeze(dim)
+            share = gm.unsqueeze(dim) / mask.sum(dim, keepdim=True)
+            dx.add_(torch.where(mask, share, 0.0))
+        return dx, None
+
+
+def _zpools(x: torch.Tensor, with_c: bool, plain: bool) -> list[torch.Tensor]:
+    """[Z_cw (B, 2, C, W), Z_hc (B, 2, H, C)(, Z_hw (B, 2, H, W))]: [max; mean] maps."""
+    if plain:
+        p = _pool_plain(x, with_c)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        p = list(_TriplePool.apply(x, with_c))
+    else:
+        p = _pool_fast(x, with_c)
+    z = [torch.stack(p[0:2], 1), torch.stack(p[2:4], 1).transpose(2, 3)]
+    if with_c:
+        z.append(torch.stack(p[4:6], 1))
+    return z
 
 
 @register(
@@ -93,24 +185,30 @@ class TripletAttention(AttentionModule):
         self.hc = ZPoolGate(kernel_size)
         self.hw = None if no_spatial else ZPoolGate(kernel_size)
 
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The three maps in their branch layouts: (B, C, W), (B, H, C), (B, H, W)."""
-        a_cw = self.cw(_zpool(x, 2)).squeeze(1)  # plane (C, W)
-        a_hc = self.hc(_zpool(x, 3).transpose(2, 3)).squeeze(1)  # plane (H, C)
-        a_hw = None if self.hw is None else self.hw(_zpool(x, 1)).squeeze(1)  # plane (H, W)
+    def gates(self, x: torch.Tensor, plain: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The three maps in their branch layouts: (B, C, W), (B, H, C), (B, H, W).
+
+        ``plain=True`` uses only standard ops (for tracing / export).
+        """
+        z = _zpools(x, self.hw is not None, plain)
+        a_cw = self.cw(z[0]).squeeze(1)  # plane (C, W)
+        a_hc = self.hc(z[1]).squeeze(1)  # plane (H, C)
+        a_hw = None if self.hw is None else self.hw(z[2]).squeeze(1)  # plane (H, W)
         return a_cw, a_hc, a_hw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        a_cw, a_hc, a_hw = self.gates(x)
+        plain = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+        a_cw, a_hc, a_hw = self.gates(x, plain)
         if self._map_sink is not None:
             self.record("cw", a_cw)
             self.record("hc", a_hc)
             if a_hw is not None:
                 self.record("spatial", a_hw)
         k = 1.0 / (2 if a_hw is None else 3)
-        # the three branch maps broadcast to X: (B, C, 1, W), (B, C, H, 1), (B, 1, H, W)
-        g = (a_cw * k).unsqueeze(2) + (a_hc * k).transpose(1, 2).unsqueeze(3)
+        # the branch maps broadcast to X: (B, C, 1, W), (B, C, H, 1), (B, 1, H, W);
+        # made contiguous first (tiny) so the full-size broadcasts vectorise
+        g = (a_cw * k).unsqueeze(2) + (a_hc * k).transpose(1, 2).contiguous().unsqueeze(3)
         if a_hw is not None:
             g.add_((a_hw * k).unsqueeze(1))  # AddBackward keeps nothing: in place is safe
         if torch.is_grad_enabled() and (x.requires_grad or g.requires_grad):
