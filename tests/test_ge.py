@@ -11,7 +11,7 @@ from conftest import randomize
 
 import convattn
 from convattn import create_attention
-from convattn.attention.ge import upsample_mul
+from convattn.attention.ge import upsample_mul, window_mean
 
 
 def sig(t):
@@ -145,6 +145,17 @@ def test_upsample_mul_is_nearest_interpolation(S, s):
     x = torch.randn((2, 3) + S)
     g = torch.rand((2, 3) + s)
     torch.testing.assert_close(upsample_mul(x, g), x * F.interpolate(g, size=S, mode="nearest"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("e", [2, 3, 4, 8])
+@pytest.mark.parametrize("S", [(13,), (8, 7), (5, 9, 4)])
+def test_window_mean_is_avg_pool_without_padding(S, e):
+    x = torch.randn((2, 3) + S, dtype=torch.float64)
+    torch.testing.assert_close(window_mean(x, e), avg_pool_ref(x, e), rtol=1e-12, atol=1e-12)
+    if min(S) >= 2 * e - 1:  # torch's pooling refuses inputs smaller than the window
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(S)]
+        ref = pool(x, 2 * e - 1, e, e - 1, count_include_pad=False)
+        torch.testing.assert_close(window_mean(x, e), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_capture_maps_kinds():
