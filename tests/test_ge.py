@@ -107,6 +107,19 @@ def test_theta_extent_matches_equation(dims):
     torch.testing.assert_close(m(x), x * upsample_ref(sig(z), S), rtol=1e-12, atol=1e-12)
 
 
+def test_theta_plus_extent_matches_equation():
+    # conv3x3/s2 -> BN -> ReLU -> (1x1 C -> C/r, ReLU, 1x1 C/r -> C) per position -> sigmoid -> NN upsample
+    C = 8
+    m = randomize(create_attention("ge", C, variant="theta-plus", extent=2, reduction=2)).double().eval()
+    assert sum(p.numel() for p in m.parameters()) == (C * 9 + 2 * C) + (C * 4 + 4) + (4 * C + C)
+    x = torch.randn(2, C, 6, 10, dtype=torch.float64)
+    z = torch.clamp(bn_eval(F.conv2d(x, m.gather.conv1.weight, None, 2, 1, 1, C), m.gather.norm1), min=0)
+    zc = z.permute(0, 2, 3, 1)  # channels last: the 1x1 convs are matrix products
+    h = torch.clamp(zc @ m.mlp.fc1.weight.flatten(1).T + m.mlp.fc1.bias, min=0)
+    g = sig(h @ m.mlp.fc2.weight.flatten(1).T + m.mlp.fc2.bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(m(x), x * upsample_ref(g, (6, 10)), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("extent", [0, 2, 4])
 def test_parity_with_timm_parameter_free(extent):
     layers = pytest.importorskip("timm.layers")
