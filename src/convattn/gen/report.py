@@ -258,6 +258,17 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         f"(what a generator that reproduced the training digits would get), and uniform noise "
         f"scores Frechet distance {ref['noise_frechet_distance']:.1f}.",
         "",
+    ]
+    best = max(v["class_accuracy_mean"] for v in summary["variants"].values())
+    if best < 0.5 * ref["real_class_accuracy"]:
+        lines += [
+            f"**Early-stage samples.** The best variant's class accuracy ({best * 100:.1f} %) is under half that of "
+            "real digits: at this budget the generators have not converged, so this table says which variant "
+            "improves faster in its first steps, not which is better at convergence. Train longer (`--epochs`) "
+            "for that.",
+            "",
+        ]
+    lines += [
         "## Is the difference from `none` outside the noise?",
         "",
     ]
