@@ -1,0 +1,258 @@
+"""The softmax-attention kernel shared by the position self-attention modules.
+
+``attention(q, k, v, scale=..., path=...)`` computes, for q (B, N, d_k),
+k (B, M, d_k) and v (B, M, d_v)::
+
+    out = softmax_rows(scale * q k^T) v            (B, N, d_v)
+
+and is used by ``pam``, ``danet``, ``nonlocal``, ``sagan`` and ``pam_gate``.
+Two paths compute the same thing:
+
+- ``"matmul"``: two batched matmuls and a softmax; it holds the (B, N, M)
+  score matrix (and autograd keeps it for the backward pass). Fastest at small N.
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. On CPU its
+  memory-efficient (flash) kernel, which never materialises the N x M matrix, is
+  only taken when q, k and v have the same last dimension; the narrower of
+  (q, k) and v is therefore zero-padded to the wider width (zeros change neither
+  the dot products nor the output, and the padded output columns are dropped).
+- ``"auto"`` (default): ``"matmul"`` while the score matrix is small
+  (``N * M < AUTO_SDPA_MIN_SCORES``), ``"sdpa"`` above.
+
+The scale is always passed explicitly: SDPA would otherwise apply
+``1/sqrt(d)`` of the *padded* width, which none of the papers here do with that
+width (DANet and SAGAN use no scaling at all: ``scale=1.0``).
+
+``attention_received`` and ``attention_row`` compute the attention maps recorded
+by :func:`convattn.capture_maps` without holding the N x M matrix: the column
+mean of the softmax rows is accumulated over chunks of query rows. They run only
+when a capture is active.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+PATHS = ("auto", "matmul", "sdpa")
+
+#: ``"auto"`` switches from the plain matmul to SDPA at this many scores per batch
+#: element (N * M = 2^23, 32 MiB of float32 scores per sample: above 48 x 48 positions
+#: attending to 48 x 48). Below it the matmul is as fast or faster on CPU and its
+#: memory is modest; above it the padded SDPA kernel saves the N x M matrix. The
+#: rule depends on N and M only (not B), so a sample takes the same path in any batch.
+AUTO_SDPA_MIN_SCORES = 1 << 23
+
+#: number of score elements (B * rows * M) held at once by the chunked map helpers
+MAP_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_path(owner: str, path: str) -> str:
+    """Validate a ``path`` option and return it."""
+    if path not in PATHS:
+        raise ValueError(f"{owner}: path must be one of {', '.join(map(repr, PATHS))}, got {path!r}")
+    return path
+
+
+def check_scale(owner: str, scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{owner}: scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
+def select_path(n_queries: int, n_keys: int, path: str = "auto") -> str:
+    """The path ``attention`` takes for ``n_queries`` x ``n_keys`` scores."""
+    if path != "auto":
+        return path
+    return "sdpa" if n_queries * n_keys >= AUTO_SDPA_MIN_SCORES else "matmul"
+
+
+def attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) v`` with the full score matrix (the naive path)."""
+    scores = torch.bmm(q, k.transpose(1, 2))
+    if scale != 1.0:
+        scores = scores * scale
+    return torch.bmm(torch.softmax(scores, dim=-1), v)
+
+
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) v`` through SDPA, padding widths to be equal."""
+    dk, dv = q.shape[-1], v.shape[-1]
+    width = max(dk, dv)
+    if dk < width:
+        q = F.pad(q, (0, width - dk))
+        k = F.pad(k, (0, width - dk))
+    if dv < width:
+        v = F.pad(v, (0, width - dv))
+    # a head dimension of 1: (B, 1, L, E), the layout the CPU kernels expect
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale=scale)
+    out = out.squeeze(1)
+    return out[..., :dv] if dv < width else out
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, path: str = "auto"
+) -> torch.Tensor:
+    """``softmax_rows(scale * q k^T) v`` for q (B, N, d_k), k (B, M, d_k), v (B, M, d_v).
+
+    ``scale`` is required (no implicit ``1/sqrt(d)``); ``path`` is ``"auto"``,
+    ``"matmul"`` or ``"sdpa"`` (see the module docstring). Returns (B, N, d_v).
+    """
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"attention: expected 3-d q, k, v; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1] or k.shape[1] != v.shape[1] or not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(
+            f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    chosen = select_path(q.shape[1], k.shape[1], check_path("attention", path))
+    if chosen == "sdpa":
+        return attention_sdpa(q, k, v, scale)
+    return attention_matmul(q, k, v, scale)
+
+
+def _row_chunk(batch: int, n_keys: int) -> int:
+    return max(1, MAP_CHUNK_ELEMENTS // max(1, batch * n_keys))
+
+
+def attention_received(q: torch.Tensor, k: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """Mean attention each key receives: ``(1/N) sum_i softmax(scale q k^T)_ij``, (B, M).
+
+    The column mean of the row-stochastic matrix (it sums to 1 over keys),
+    accumulated over chunks of query rows so that at most
+    ``MAP_CHUNK_ELEMENTS`` scores exist at once.
+    """
+    B, N, _ = q.shape
+    step = _row_chunk(B, k.shape[1])
+    kt = k.transpose(1, 2)
+    total = None
+    for start in range(0, N, step):
+        s = torch.softmax(torch.bmm(q[:, start : start + step], kt) * scale, dim=-1).sum(1)
+        total = s if total is None else total + s
+    return total / N
+
+
+def attention_row(q: torch.Tensor, k: torch.Tensor, index: int, *, scale: float) -> torch.Tensor:
+    """The attention row of query ``index`` (a flat position), (B, M)."""
+    return torch.softmax(torch.bmm(q[:, index : index + 1], k.transpose(1, 2)) * scale, dim=-1)[:, 0]
+
+
+def flat_query_index(owner: str, query: object, spatial: tuple[int, ...]) -> int:
+    """A query position given as a flat index or a coordinate tuple -> flat index."""
+    n = math.prod(spatial)
+    if isinstance(query, bool):
+        raise ValueError(f"{owner}: query must be a flat index or a tuple of {len(spatial)} coordinates, got {query!r}")
+    if isinstance(query, int):
+        idx = query
+    elif isinstance(query, (tuple, list)) and len(query) == len(spatial) and all(
+        isinstance(c, int) and not isinstance(c, bool) for c in query
+    ):
+        if any(not 0 <= c < s for c, s in zip(query, spatial, strict=True)):
+            raise ValueError(f"{owner}: query {tuple(query)} is outside the spatial size {spatial}")
+        idx = 0
+        for c, s in zip(query, spatial, strict=True):
+            idx = idx * s + c
+    else:
+        raise ValueError(
+            f"{owner}: query must be a flat index or a tuple of {len(spatial)} coordinates, got {query!r}"
+        )
+    if not 0 <= idx < n:
+        raise ValueError(f"{owner}: query index {idx} is outside 0..{n - 1} for spatial size {spatial}")
+    return idx
+
+
+def spread_to_grid(values: torch.Tensor, key_spatial: tuple[int, ...], spatial: tuple[int, ...]) -> torch.Tensor:
+    """Spread per-key values (B, M) of a 2-per-dim pooled grid over the input grid.
+
+    Each pooled cell's value is divided evenly among the input positions it
+    covers (cells at an odd border cover fewer), so a distribution over pooled
+    keys stays a distribution over input positions. Returns (B, *spatial).
+    """
+    B = values.shape[0]
+    out = values.reshape((B,) + tuple(key_spatial))
+    if tuple(key_spatial) == tuple(spatial):
+        return out
+    for d, (n_in, n_key) in enumerate(zip(spatial, key_spatial, strict=True)):
+        counts = torch.full((n_key,), 2, dtype=values.dtype, device=values.device)
+        counts[-1] = n_in - 2 * (n_key - 1)
+        shape = [1] * (len(spatial) + 1)
+        shape[d + 1] = n_key
+        out = (out / counts.view(shape)).repeat_interleave(2, dim=d + 1).narrow(d + 1, 0, n_in)
+    return out
+
+
+def record_position_maps(
+    module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    scale: float,
+    spatial: tuple[int, ...],
+    key_spatial: tuple[int, ...] | None = None,
+) -> None:
+    """Record "spatial" (and, on request, "query_row") for a position-attention module.
+
+    Does nothing unless ``capture_maps`` is active on ``module``. "spatial" is
+    the mean attention each position receives (B, *spatial); "query_row" is the
+    attention row of the query given by ``capture_maps(model, query=...)`` (a flat
+    index or a coordinate tuple), (B, *spatial). Keys on a pooled grid
+    (``key_spatial``) are spread over the input grid with :func:`spread_to_grid`.
+    """
+    sink = module._map_sink
+    if sink is None:
+        return
+    key_spatial = tuple(key_spatial or spatial)
+    spatial = tuple(spatial)
+    received = attention_received(q, k, scale=scale)
+    module.record("spatial", spread_to_grid(received, key_spatial, spatial))
+    query = sink.options.get("query")
+    if query is not None:
+        idx = flat_query_index(module._owner(), query, spatial)
+        row = attention_row(q, k, idx, scale=scale)
+        module.record("query_row", spread_to_grid(row, key_spatial, spatial))
+
+
+def tokens_from(
+    conv: torch.nn.Conv1d, flat: torch.Tensor, width: int | None = None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A 1x1 conv applied to (B, C, N), returned as tokens (B, N, C_out).
+
+    Done with a per-sample batched matmul rather than the convolution kernel:
+    oneDNN picks its algorithm by batch size, which makes a sample's result
+    depend on the batch it is in (by ~1e-6, amplified by a sharp softmax);
+    ``bmm`` computes each sample the same way in any batch. The bias is fused
+    into the product (``baddbmm``), so no second (B, N, C_out) tensor is made.
+
+    ``width`` > C_out zero-pads the output to that width by padding the weight
+    (used to reach SDPA's flash kernel without a separate padded copy of q, k).
+    ``scale`` (a scalar tensor) multiplies the weight and bias, i.e. the output,
+    at the cost of a C_out x C_in product instead of a (B, N, C_out) one.
+    """
+    w = conv.weight.squeeze(-1)
+    b = conv.bias
+    if scale is not None:
+        w = w * scale
+        b = None if b is None else b * scale
+    if width is not None and width > w.shape[0]:
+        extra = width - w.shape[0]
+        w = F.pad(w, (0, 0, 0, extra))
+        b = None if b is None else F.pad(b, (0, extra))
+    t = flat.transpose(1, 2)
+    wt = w.t().expand(flat.shape[0], -1, -1)
+    if b is None:
+        return torch.bmm(t, wt)
+    return torch.baddbmm(b.expand(flat.shape[0], flat.shape[2], -1), t, wt)
+
+
+def qk_width(n_queries: int, n_keys: int, dk: int, dv: int, path: str = "auto") -> int:
+    """Width to project q and k to: dv when SDPA will run and dk < dv (padding), else dk."""
+    return dv if select_path(n_queries, n_keys, path) == "sdpa" and dk < dv else dk
+
+
+def channels_from(conv: torch.nn.Conv1d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv applied to tokens (B, N, C_in), returned as (B, C_out, N) (see :func:`tokens_from`)."""
+    w = conv.weight.squeeze(-1).expand(tokens.shape[0], -1, -1)
+    if conv.bias is None:
+        return torch.bmm(w, tokens.transpose(1, 2))
+    bias = conv.bias.unsqueeze(-1).expand(tokens.shape[0], -1, tokens.shape[1])
+    return torch.baddbmm(bias, w, tokens.transpose(1, 2))
