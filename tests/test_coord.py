@@ -115,3 +115,17 @@ def test_coord_parity_with_timm(train):
     if train:  # the running statistics moved the same way
         torch.testing.assert_close(ours.bn1.running_mean, theirs.bn1.running_mean)
         torch.testing.assert_close(ours.bn1.running_var, theirs.bn1.running_var)
+
+
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_coord_gradients_match_equation(x_grad):
+    # the custom backward (strip pooling, gate application) against autograd of the equation
+    m = randomize(create_attention("coord", 16)).double().train()
+    x = torch.randn(3, 16, 5, 7, dtype=torch.float64, requires_grad=x_grad)
+    g = torch.randn(3, 16, 5, 7, dtype=torch.float64)
+    params = list(m.parameters())
+    inputs = ([x] if x_grad else []) + params
+    ours = torch.autograd.grad((m(x) * g).sum(), inputs)
+    ref = torch.autograd.grad((coord_ref(m, x, train=True)[0] * g).sum(), inputs)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -131,3 +131,16 @@ def test_scse_channel_branch_parity_with_timm_se():
         x = torch.randn(3, 16, 7, 7)
         s, _ = ours.gates(x)
         torch.testing.assert_close(x * s[:, :, None, None], theirs(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("merge", ["max", "sum"])
+def test_scse_parameter_gradients_match_equation(merge):
+    # the custom max-merge backward against autograd of the written-out equation
+    m = randomize(create_attention("scse", 8, merge=merge)).double()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    inputs = [x, *m.parameters()]
+    ours = torch.autograd.grad((m(x) * g).sum(), inputs)
+    ref = torch.autograd.grad((scse_ref(m, x)[0] * g).sum(), inputs)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -17,7 +17,9 @@ def sig(t):
 
 def gate_ref(t, gate, train=False):
     # Z = [max_1 T; mean_1 T] ; a = sigmoid(BN(Conv_kxk(Z))) ; T * a
-    z = torch.cat([t.max(1, keepdim=True)[0], t.sum(1, keepdim=True) / t.shape[1]], dim=1)
+    # (amax splits the gradient evenly among tied maxima, as the module does; the
+    # official torch.max(T, 1)[0] gives it all to one: both are subgradients)
+    z = torch.cat([t.amax(1, keepdim=True), t.sum(1, keepdim=True) / t.shape[1]], dim=1)
     k = gate.conv.weight.shape[-1]
     c = F.conv2d(z, gate.conv.weight, padding=(k - 1) // 2)
     bn = gate.bn
@@ -112,3 +114,20 @@ def test_triplet_records_three_maps():
     torch.testing.assert_close(rec["cw"], a_cw)
     torch.testing.assert_close(rec["hc"], a_hc)
     torch.testing.assert_close(rec["spatial"], a_hw)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_triplet_all_gradients_match_equation(relu):
+    # the one-pass pooling backward against autograd of the written-out branches,
+    # including ties of the max (a ReLU input has whole rows of zeros)
+    m = randomize(create_attention("triplet", 5)).double().train()
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    if relu:
+        x = torch.relu(x - 0.8)
+    x.requires_grad_(True)
+    g = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    inputs = [x, *m.parameters()]
+    ours = torch.autograd.grad((m(x) * g).sum(), inputs)
+    ref = torch.autograd.grad((triplet_ref(m, x, train=True)[0] * g).sum(), inputs)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -40,6 +40,48 @@ from ..layers import AttentionModule, hidden_channels
 from ..registry import register
 
 
+def _plain() -> bool:
+    """Standard ops only while tracing / scripting / compiling (exportable graphs)."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
+class _StripPool(torch.autograd.Function):
+    """(mean_W X, mean_H X) with a backward that writes dX in one pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):  # type: ignore[override]
+        ctx.hw = x.shape[2:]
+        return x.mean(3), x.mean(2)
+
+    @staticmethod
+    def backward(ctx, dz_h: torch.Tensor, dz_w: torch.Tensor):  # type: ignore[override]
+        H, W = ctx.hw
+        return (dz_h / W).unsqueeze(3) + (dz_w / H).unsqueeze(2)
+
+
+class _CoordApply(torch.autograd.Function):
+    """Y = X * g^h * g^w keeping only X (and the small gates) for the backward.
+
+    dX = g * (g^h g^w); dg^h = sum_W(g X g^w) and dg^w = sum_H(g X g^h), both
+    as batched matrix products over g X (no further full-size temporaries).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, g_h: torch.Tensor, g_w: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(x, g_h, g_w)
+        return torch.mul(x, g_h).mul_(g_w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, g_h, g_w = ctx.saved_tensors
+        B, C, H, W = x.shape
+        dx = (g_h * g_w).mul_(g)
+        gx = (g * x).reshape(B * C, H, W)
+        dg_h = torch.bmm(gx, g_w.reshape(B * C, W, 1)).view(B, C, H, 1)
+        dg_w = torch.bmm(g_h.reshape(B * C, 1, H), gx).view(B, C, 1, W)
+        return dx, dg_h, dg_w
+
+
 @register(
     "coord",
     family="combined",
@@ -92,9 +134,11 @@ class CoordAttention(AttentionModule):
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(g^h, g^w) with shapes (B, C, H, 1) and (B, C, 1, W)."""
         H, W = x.shape[2:]
-        z_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
-        z_w = x.mean(2).unsqueeze(-1)  # (B, C, W, 1)
-        f = self.act(self.bn1(self.conv1(torch.cat((z_h, z_w), dim=2))))
+        if torch.is_grad_enabled() and x.requires_grad and not _plain():
+            z_h, z_w = _StripPool.apply(x)
+        else:
+            z_h, z_w = x.mean(3), x.mean(2)  # (B, C, H), (B, C, W)
+        f = self.act(self.bn1(self.conv1(torch.cat((z_h, z_w), dim=2).unsqueeze(3))))
         f_h, f_w = torch.split(f, [H, W], dim=2)
         g_h = torch.sigmoid(self.conv_h(f_h))
         g_w = torch.sigmoid(self.conv_w(f_w)).transpose(2, 3)
@@ -109,7 +153,9 @@ class CoordAttention(AttentionModule):
             # mean_C(g^h g^w)[b, i, j] = sum_c g^h[b, c, i] g^w[b, c, j] / C
             self.record("spatial", torch.matmul(g_h.squeeze(3).transpose(1, 2), g_w.squeeze(2)) / self.channels)
         if torch.is_grad_enabled() and (x.requires_grad or g_h.requires_grad):
-            return x * g_h * g_w
+            if _plain():
+                return x * g_h * g_w
+            return _CoordApply.apply(x, g_h, g_w)
         return torch.mul(x, g_h).mul_(g_w)
 
     def extra_repr(self) -> str:
