@@ -20,13 +20,13 @@ DEFAULTS = {
     "model": "resnet8",
     "epochs": 3,
     "batch_size": 32,
-    "lr": 0.05,
+    "lr": 0.2,
     "weight_decay": 5e-4,
     "momentum": 0.9,
     "warmup": 0.1,
     "image_size": 32,
-    "train_size": 3000,
-    "test_size": 1000,
+    "train_size": 2500,
+    "test_size": 800,
 }
 
 
