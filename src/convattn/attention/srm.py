@@ -30,7 +30,8 @@ load unchanged. Pooling is over every spatial dim, so 1D and 3D inputs work. An
 input with a single spatial position has no unbiased variance: we raise a
 ValueError rather than return NaN as the official code would.
 
-Implementation: the variance is computed in two passes (the mean, then the norm
+Implementation: in eval mode the BatchNorm is applied as its affine map from the
+running statistics (the same maths as ``self.bn`` in eval). The variance is computed in two passes (the mean, then the norm
 of the centred values), which is as stable as torch's ``var`` and several times
 faster on CPU than ``torch.var_mean``; it costs one temporary of the input's size.
 """
@@ -80,7 +81,7 @@ class SRM(AttentionModule):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights g, shape (B, C)."""
         n = math.prod(x.shape[2:])
-        if n < 2 and not torch.jit.is_tracing():
+        if not torch.jit.is_tracing() and n < 2:
             raise ValueError(
                 f"{self._owner()}: needs at least 2 spatial positions for the unbiased "
                 f"standard deviation; got shape {tuple(x.shape)}"
@@ -95,7 +96,14 @@ class SRM(AttentionModule):
         mean = mean.squeeze(-1)
         std = torch.sqrt(var + self.eps) if self.eps else torch.sqrt(var)
         z = mean * self.cfc[:, 0] + std * self.cfc[:, 1]
-        return torch.sigmoid(self.bn(z))
+        bn = self.bn
+        if bn.training:
+            z = bn(z)
+        else:
+            # eval BatchNorm as its affine map: same maths as F.batch_norm, but on CPU that
+            # kernel opens a parallel region even for a (B, C) input, which stalls on a busy machine
+            z = (z - bn.running_mean) * (bn.weight * torch.rsqrt(bn.running_var + bn.eps)) + bn.bias
+        return torch.sigmoid(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
