@@ -48,8 +48,13 @@ def run_experiment(
     localisation_images: int = 500,
     latency_time: float = 0.3,
     extra: dict[str, Any] | None = None,
+    build: Any = None,
 ) -> dict[str, Any]:
-    """Train every (variant, seed), measure and explain, write the report; returns the summary."""
+    """Train every (variant, seed), measure and explain, write the report; returns the summary.
+
+    ``build(cfg) -> nn.Module`` replaces :func:`convattn.engine.trainer.build_model`
+    (task commands with their own models: segment, detect).
+    """
     from ..explain import box_area_fraction, save_gallery, spatial_attention
     from ..explain.localisation import energy_in_box, pointing_game
 
@@ -79,7 +84,7 @@ def run_experiment(
             res = fit(
                 cfg, data, task,
                 checkpoint_dir=run_dir / "runs" / f"{name}-seed{seed}",
-                resume=resume, progress=progress, label=f"{name} seed {seed}", world=world,
+                resume=resume, progress=progress, label=f"{name} seed {seed}", world=world, build=build,
             )
             progress.overall_advance()
             entry[metric].append(res.final[metric])

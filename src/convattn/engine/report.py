@@ -156,8 +156,13 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def markdown_table(rows: list[dict[str, str]]) -> str:
-    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+def metric_header(metric: str = "accuracy") -> str:
+    """The header of the metric column: "test acc %" for accuracy, "test <metric> %" otherwise."""
+    return "test acc % (mean ± std)" if metric == "accuracy" else f"test {metric} % (mean ± std)"
+
+
+def markdown_table(rows: list[dict[str, str]], metric: str = "accuracy") -> str:
+    head = "| " + " | ".join(metric_header(metric) if k == "acc" else h for k, h in COLUMNS) + " |"
     sep = "|" + "|".join("---" if k == "variant" else "---:" for k, _ in COLUMNS) + "|"
     body = ["| " + " | ".join(r[k] for k, _ in COLUMNS) + " |" for r in rows]
     return "\n".join([head, sep, *body])
@@ -179,7 +184,8 @@ def summary_table(summary: dict[str, Any]):
         box=box.SIMPLE_HEAD, pad_edge=False,
     )
     for k, h in cols:
-        table.add_column(SHORT.get(k, h), justify="left" if k == "variant" else "right",
+        head = f"{summary['metric']} % ± std" if k == "acc" and summary["metric"] != "accuracy" else SHORT.get(k, h)
+        table.add_column(head, justify="left" if k == "variant" else "right",
                          style="bold" if k == "variant" else None)
     for r in table_rows(summary):
         table.add_row(*(r[k].replace("no spatial map", "no map").replace("baseline", "base") for k, _ in cols))
@@ -296,7 +302,7 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         "",
         "## Results",
         "",
-        markdown_table(table_rows(summary)),
+        markdown_table(table_rows(summary), metric),
         "",
         f"Test {metric} is measured after the last epoch on the whole test split; mean ± sample std over seeds. "
         "Params: all parameters. MFLOPs: one forward of one image counted by torch.utils.flop_counter "

@@ -178,6 +178,7 @@ def fit(
     label: str = "train",
     world: distributed.World | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    build: Callable[[TrainConfig], nn.Module] | None = None,
 ) -> FitResult:
     """Train ``cfg.epochs`` epochs on ``data.train``, evaluating on ``data.test`` each epoch.
 
@@ -186,6 +187,9 @@ def fit(
     with ``resume=True`` the latest one there is loaded and training continues
     from the next epoch, ending with the same metrics as an uninterrupted run.
     ``on_epoch_end(epoch, row)`` runs after the epoch's checkpoint is written.
+    ``build(cfg)`` makes the model (right after ``torch.manual_seed(cfg.seed)``)
+    when ``model`` is None; default :func:`build_model` (task commands such as
+    ``convattn segment`` pass their own).
     """
     cfg.validate()
     task = task or ClassificationTask()
@@ -202,7 +206,7 @@ def fit(
     t0 = time.perf_counter()
     with deterministic():
         torch.manual_seed(cfg.seed)
-        model = model if model is not None else build_model(cfg)
+        model = model if model is not None else (build or build_model)(cfg)
         decay, no_decay = [], []
         for p in model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -1,0 +1,1 @@
+"""Task models and data for segmentation and detection (``convattn segment`` / ``convattn detect``)."""

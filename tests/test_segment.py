@@ -1,0 +1,188 @@
+"""convattn segment: multi-digit data, the DANet head and U-Net, the mIoU task, the command, user folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from convattn.cli import main
+from convattn.data.cluttered import DIGIT, load_source_digits, make_canvases, split_sources
+from convattn.data.multidigit import multidigit_config, multidigit_tensors
+from convattn.tasks.heads import DANet, DANetHead, UNet
+from convattn.tasks.segmentation import SegmentationTask
+
+
+@pytest.fixture(scope="module")
+def canvases():
+    cfg = multidigit_config(train_size=40, test_size=10)
+    digits, labels = load_source_digits()
+    train_src, _ = split_sources(labels, cfg.test_fraction, cfg.seed)
+    return cfg, digits, labels, make_canvases(digits, labels, train_src, 40, cfg, (cfg.seed, 2))
+
+
+def test_masks_and_boxes_agree_with_the_placed_digits(canvases):
+    cfg, digits, labels, a = canvases
+    counts = set()
+    for i in range(len(a["images"])):
+        used = a["sources"][i] >= 0
+        k = int(used.sum())
+        counts.add(k)
+        assert 1 <= k <= 3 and used[:k].all() and not used[k:].any()
+        expected = np.zeros((cfg.canvas, cfg.canvas), np.int64)
+        for s in range(k):
+            src, (ox, oy) = a["sources"][i, s], a["offsets"][i, s]
+            d = digits[src]
+            assert a["box_labels"][i, s] == labels[src]
+            ys, xs = np.nonzero(d)
+            assert tuple(a["boxes"][i, s]) == (ox + xs.min(), oy + ys.min(), ox + xs.max() + 1, oy + ys.max() + 1)
+            patch = expected[oy:oy + DIGIT, ox:ox + DIGIT]
+            assert not patch[d > 0].any(), "two digits' ink overlap"
+            patch[d > 0] = 1 + labels[src]
+            # on a digit's ink the canvas shows that digit
+            np.testing.assert_array_equal(a["images"][i, oy:oy + DIGIT, ox:ox + DIGIT][d > 0], d[d > 0])
+        np.testing.assert_array_equal(a["masks"][i], expected)
+        assert (a["box_labels"][i, k:] == -1).all() and (a["boxes"][i, k:] == -1).all()
+    assert counts == {1, 2, 3}
+
+
+def test_tensors_scale_boxes_and_keep_empty_slots(canvases):
+    cfg, _, _, a = canvases
+    t = multidigit_tensors(a, cfg.canvas, 48)
+    assert t["image"].shape == (40, 1, 48, 48) and t["mask"].shape == (40, 48, 48)
+    used = torch.from_numpy(a["box_labels"] >= 0)
+    np.testing.assert_allclose(t["boxes"][used].numpy(), a["boxes"][used.numpy()] * (48 / 72), rtol=1e-6)
+    assert (t["boxes"][~used] == -1).all() and (t["box_labels"][~used] == -1).all()
+    assert t["mask"].max() <= 10 and set(t["mask"].unique().tolist()) <= set(range(11))
+
+
+@pytest.mark.parametrize("cls", [DANet, UNet])
+@pytest.mark.parametrize("attention", ["none", "danet", "scse"])
+@pytest.mark.parametrize("size", [48, 50])
+def test_segmenters_return_logits_at_the_input_size(cls, attention, size):
+    if cls is UNet and attention == "danet":
+        pytest.skip("danet (pam + cam) is the DANet head's variant")
+    net = cls(11, in_chans=1, attention=attention).eval()
+    assert net(torch.randn(2, 1, size, size)).shape == (2, 11, size, size)
+
+
+def test_danet_head_shape_and_hand_counted_parameters():
+    c, k = 64, 11
+    head = DANetHead(c, k)
+    assert head(torch.randn(2, c, 9, 9)).shape == (2, k, 9, 9)
+    i = c // 4  # 16, the official 2048 -> 512
+    conv_in = 9 * c * i + 2 * i  # conv3x3 C -> C/4 (no bias) + BN weight/bias
+    conv_mid = 9 * i * i + 2 * i  # conv3x3 C/4 -> C/4 (no bias) + BN
+    pam = (i * (i // 8) + i // 8) + i * (i // 8) + (i * i + i) + 1  # query (bias), key (no bias), value, gamma
+    cam = 1  # beta
+    classifier = i * k + k
+    assert sum(p.numel() for p in head.parameters()) == 2 * conv_in + 2 * conv_mid + pam + cam + classifier
+    plain = DANetHead(c, k, pam=None, cam=None)
+    assert sum(p.numel() for p in plain.parameters()) == 2 * conv_in + 2 * conv_mid + classifier
+    with pytest.raises(ValueError, match="multiple of 4"):
+        DANetHead(30, k)
+
+
+def test_miou_equals_torchmetrics_jaccard():
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    torch.manual_seed(0)
+    task = SegmentationTask(4)
+    ref = MulticlassJaccardIndex(4, average=None, ignore_index=255)
+    sums = {s: 0.0 for s in task.stats}
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits
+
+    for _ in range(2):
+        mask = torch.randint(0, 4, (3, 8, 8))
+        mask[0, 0] = 255
+        logits = torch.randn(3, 4, 8, 8)
+        _, stats = task.step(Fixed(logits), {"image": torch.zeros(3, 1, 8, 8), "mask": mask})
+        for key, v in stats.items():
+            sums[key] += float(v)
+        ref.update(logits.argmax(1), mask)
+    out = task.summarise(sums)
+    per_class = ref.compute()
+    for c in range(4):
+        assert out[f"iou_{c}"] == pytest.approx(float(per_class[c]), abs=1e-6)
+    assert out["miou"] == pytest.approx(float(per_class.mean()), abs=1e-6)
+    assert 0 <= out["miou"] <= 1
+
+
+def test_segment_command_writes_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["segment", "--train-size", "16", "--test-size", "8", "--epochs", "1", "--seeds", "1",
+               "--batch-size", "8", "--image-size", "32", "--variants", "none,danet", "--out", str(out),
+               "--quiet", "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metric"] == "miou" and set(summary["variants"]) == {"none", "danet"}
+    for v in summary["variants"].values():
+        assert 0.0 <= v["miou"][0] <= 1.0
+        assert len(v["per_class_iou"]) == 11
+    text = (out / "report.md").read_text()
+    assert "test miou %" in text and "Per-class IoU" in text and "predictions.png" in text
+    assert (out / "predictions.png").stat().st_size > 0
+
+
+def _write_folder(root, n=6, size=20, bad=None):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        mask[2:8, 2:8] = 1
+        mask[10:15, 10:15] = 2
+        mask[0, 0] = 255
+        if bad == "class" and i == 3:
+            mask[5, 5] = 7
+        if bad == "size" and i == 2:
+            mask = mask[:-1]
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        if not (bad == "missing" and i == 4):
+            Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+
+
+def test_user_folder_trains_a_unet(tmp_path):
+    _write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    rc = main(["segment", "--data", str(tmp_path / "data"), "--model", "unet", "--variants", "scse",
+               "--seeds", "1", "--epochs", "1", "--batch-size", "2", "--image-size", "16", "--out", str(out),
+               "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["data"]["num_classes"] == 3 and summary["data"]["test_size"] == 1
+    assert 0.0 <= summary["variants"]["scse"]["miou"][0] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("bad", "extra", "message"),
+    [
+        ("class", ["--num-classes", "3"], "unknown class id 7"),
+        ("size", [], "must match"),
+        ("missing", [], "has no mask"),
+    ],
+)
+def test_malformed_folders_exit_2(tmp_path, capsys, bad, extra, message):
+    _write_folder(tmp_path / "data", bad=bad)
+    argv = ["segment", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--quiet", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_folder_exits_2(tmp_path, capsys):
+    assert main(["segment", "--data", str(tmp_path / "absent"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
