@@ -239,3 +239,28 @@ def test_cbam_spatial_parity_with_timm_gate():
             getattr(theirs.conv.bn, name).copy_(getattr(ours.bn, name))
         x = torch.randn(2, 16, 12, 10)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(5, 6), (20, 20), (3, 4, 5)])
+def test_narrow_conv_is_the_same_conv(size):
+    from convattn.layers.fused import narrow_conv
+
+    conv = (
+        torch.nn.Conv2d(2, 1, 7, padding=3)
+        if len(size) == 2
+        else torch.nn.Conv3d(2, 1, 3, padding=1)
+    )
+    conv = randomize(conv).double()
+    p = torch.randn((3, 2) + size, dtype=torch.float64, requires_grad=True)
+    a, b = narrow_conv(conv, p), conv(p)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ga = torch.autograd.grad(a.square().sum(), (p, conv.weight, conv.bias))
+    gb = torch.autograd.grad(b.square().sum(), (p, conv.weight, conv.bias))
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+    if len(size) == 2:  # a traced graph keeps the standard conv op (exportable)
+        m = create_attention("cbam_spatial", 8).eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(m, (torch.randn(2, 8)[:, :, None, None].expand(2, 8, *size),))
+        graph = str(traced.inlined_graph)
+        assert "_convolution" in graph and "thnn" not in graph and "slow_conv" not in graph

@@ -38,8 +38,11 @@ The spatial gate's conv depends on the number of spatial dims, so ``cbam`` and
 Implementation: ``impl="fast"`` (default) and ``impl="plain"`` compute the same
 maths. ``plain`` follows the equations literally (X1 formed, then pooled).
 ``fast`` reads X fewer times: mean_c X1 is computed as a batched matrix product
-of X with M_c / C without going through X1, and under ``torch.no_grad`` the final
-product is written in place into X1. The tests check both paths against the
+of X with M_c / C without going through X1, under ``torch.no_grad`` the final
+product is written in place into X1, and on small maps the 2 -> 1 conv runs
+through PyTorch's native conv kernel instead of oneDNN, whose fixed cost for a
+2-channel conv dominates there (``layers.fused.narrow_conv``; traced, compiled
+and exported graphs keep the standard conv op). ``cbam_spatial`` uses that conv too. The tests check both paths against the
 equation and against each other.
 
 Recorded maps: ``"channel"`` M_c (B, C); ``"spatial"`` M_s (B, *S).
@@ -52,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, batch_norm_nd, conv_nd, hidden_channels, unsqueeze_spatial
-from ..layers.fused import channel_weighted_mean, spatial_mean_amax
+from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
 from ..registry import register
 
 _POOL_ORDERS = ("max_mean", "mean_max")
@@ -176,15 +179,22 @@ class CBAMSpatial(AttentionModule):
         if zero_init_bn:
             nn.init.zeros_(self.bn.weight)
 
-    def gate_from_pools(self, mx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """M_s (B, *S) from max_c and mean_c of the gated input, both (B, *S)."""
+    def gate_from_pools(
+        self, mx: torch.Tensor, mean: torch.Tensor, fast: bool = True
+    ) -> torch.Tensor:
+        """M_s (B, *S) from max_c and mean_c of the gated input, both (B, *S).
+
+        ``fast`` runs the 2 -> 1 conv through :func:`narrow_conv` (same conv, a
+        kernel without oneDNN's fixed cost); ``fast=False`` calls ``self.conv``.
+        """
         pair = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
         p = torch.stack(pair, 1)
-        return torch.sigmoid(self.bn(self.conv(p))).squeeze(1)
+        v = narrow_conv(self.conv, p) if fast else self.conv(p)
+        return torch.sigmoid(self.bn(v)).squeeze(1)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
         """M_s, shape (B, *S)."""
-        return self.gate_from_pools(x.amax(1), x.mean(1))
+        return self.gate_from_pools(x.amax(1), x.mean(1), fast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -262,7 +272,7 @@ class CBAM(AttentionModule):
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         mc = self.channel.gate(x)
         x1 = x * unsqueeze_spatial(mc, x.dim() - 2)
-        ms = self.spatial.gate(x1)
+        ms = self.spatial.gate(x1, fast=False)
         self.record("channel", mc)
         self.record("spatial", ms)
         return x1 * ms.unsqueeze(1)
