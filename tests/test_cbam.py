@@ -241,23 +241,21 @@ def test_cbam_spatial_parity_with_timm_gate():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [(5, 6), (20, 20), (3, 4, 5)])
+@pytest.mark.parametrize("size", [(40,), (5, 6), (20, 20), (3, 4, 5), (8, 8, 8)])
 def test_narrow_conv_is_the_same_conv(size):
+    # both rewrites (im2col on small maps, batch-folded depthwise on large ones)
     from convattn.layers.fused import narrow_conv
 
-    conv = (
-        torch.nn.Conv2d(2, 1, 7, padding=3)
-        if len(size) == 2
-        else torch.nn.Conv3d(2, 1, 3, padding=1)
-    )
-    conv = randomize(conv).double()
+    nd = len(size)
+    k = 7 if nd < 3 else 3
+    conv = randomize(getattr(torch.nn, f"Conv{nd}d")(2, 1, k, padding=k // 2)).double()
     p = torch.randn((3, 2) + size, dtype=torch.float64, requires_grad=True)
     a, b = narrow_conv(conv, p), conv(p)
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     ga = torch.autograd.grad(a.square().sum(), (p, conv.weight, conv.bias))
     gb = torch.autograd.grad(b.square().sum(), (p, conv.weight, conv.bias))
     for u, v in zip(ga, gb, strict=True):
-        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
     if len(size) == 2:  # a traced graph keeps the standard conv op (exportable)
         m = create_attention("cbam_spatial", 8).eval()
         with torch.no_grad():

@@ -39,10 +39,11 @@ Implementation: ``impl="fast"`` (default) and ``impl="plain"`` compute the same
 maths. ``plain`` follows the equations literally (X1 formed, then pooled).
 ``fast`` reads X fewer times: mean_c X1 is computed as a batched matrix product
 of X with M_c / C without going through X1, under ``torch.no_grad`` the final
-product is written in place into X1, and on small maps the 2 -> 1 conv runs
-through PyTorch's native conv kernel instead of oneDNN, whose fixed cost for a
-2-channel conv dominates there (``layers.fused.narrow_conv``; traced, compiled
-and exported graphs keep the standard conv op). ``cbam_spatial`` uses that conv too. The tests check both paths against the
+product is written in place into X1, and the 2 -> 1 conv runs through an exact
+rewrite that avoids oneDNN's slow path for a conv with one output channel
+(native im2col kernel on small maps, a batch-folded depthwise conv on large
+ones: ``layers.fused.narrow_conv``; traced, compiled and exported graphs keep
+the standard conv op). ``cbam_spatial`` uses that conv too. The tests check both paths against the
 equation and against each other.
 
 Recorded maps: ``"channel"`` M_c (B, C); ``"spatial"`` M_s (B, *S).
