@@ -29,6 +29,12 @@ and ``bias=True`` it computes exactly this module.
 Recorded maps: ``"height"`` (B, C, H) = g^h, ``"width"`` (B, C, W) = g^w and
 ``"spatial"`` (B, H, W) = mean_C (g^h ⊗ g^w), the channel mean of the separable
 per-element gate (a summary for display; the real gate is per channel).
+
+Speed: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
+autograd two small custom functions replace the generic graph: the strip
+pooling's backward writes dX in one pass, and the gate application keeps only X
+and computes dg^h, dg^w as batched matrix products over g X. While tracing,
+scripting or compiling, only standard ops are used.
 """
 
 from __future__ import annotations

@@ -32,6 +32,12 @@ conv as a matrix product over channels so that one module serves 1, 2 and 3
 spatial dims (same maths, weight stored as ``proj.weight`` of shape (1, C)).
 
 Recorded maps: ``"channel"`` (B, C) = s, ``"spatial"`` (B, *S) = q.
+
+Speed: the sSE logits are one batched matrix product (one read of X); the merge
+is one custom autograd function whose backward keeps only X and the two small
+gates. At a tie of the max (X = 0 or s = q) it takes the cSE branch's
+subgradient where ``torch.maximum`` splits it in halves (this only matters
+where X = 0 exactly, and there dL/ds and dL/dq are 0 either way).
 """
 
 from __future__ import annotations
