@@ -122,7 +122,7 @@ def child_memory(impl: str, mode: str, channels: int, size: int, batch: int) -> 
     return {"peak_mib": (peak - before) / 1024}
 
 
-def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time: float) -> dict:
+def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time: float, min_rounds: int) -> dict:
     import torch
     from torch.utils import benchmark
 
@@ -134,7 +134,7 @@ def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time:
     times: dict[str, list[float]] = {"naive": [], "ours": []}
     deadline = time.perf_counter() + 2 * min_run_time
     rounds = 0
-    while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
+    while rounds < min_rounds or (time.perf_counter() < deadline and rounds < 50):
         for impl in ("naive", "ours"):
             t = benchmark.Timer(
                 "step(m, x, mode)",
@@ -165,7 +165,8 @@ def _run_child(args: list[str]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="only H=W in {16, 64}, C=256 (a smoke run)")
-    p.add_argument("--min-run-time", type=float, default=1.0)
+    p.add_argument("--min-run-time", type=float, default=1.0, help="keep timing rounds for 2x this")
+    p.add_argument("--min-rounds", type=int, default=3, help="interleaved (naive, ours) rounds at least")
     p.add_argument("--child", nargs="+")
     a = p.parse_args()
 
@@ -175,8 +176,8 @@ def main() -> None:
             impl, mode, c, s, b = rest
             res = child_memory(impl, mode, int(c), int(s), int(b))
         else:
-            mode, c, s, b, mrt = rest
-            res = child_latency(mode, int(c), int(s), int(b), float(mrt))
+            mode, c, s, b, mrt, rounds = rest
+            res = child_latency(mode, int(c), int(s), int(b), float(mrt), int(rounds))
         print(json.dumps(res))
         return
 
@@ -193,7 +194,9 @@ def main() -> None:
                     row[f"{impl}_peak_mib"] = m.get("peak_mib")
                     if "error" in m:
                         row[f"{impl}_error"] = m["error"]
-                row.update(_run_child(["latency", mode, str(c), str(s), "2", str(a.min_run_time)]))
+                row.update(
+                    _run_child(["latency", mode, str(c), str(s), "2", str(a.min_run_time), str(a.min_rounds)])
+                )
                 if row.get("naive_peak_mib") and row.get("ours_peak_mib") is not None:
                     row["mem_ratio"] = row["ours_peak_mib"] / row["naive_peak_mib"]
                 if row.get("naive_ms"):
@@ -210,11 +213,14 @@ def main() -> None:
     from convattn.layers import attention_kernel
 
     meta = {
+        "command": " ".join(sys.argv),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "threads": 2,
+        "min_rounds": a.min_rounds,
+        "min_run_time": a.min_run_time,
         "auto_sdpa_min_scores": attention_kernel.AUTO_SDPA_MIN_SCORES,
         "load_average_at_end": os.getloadavg(),
         "elapsed_s": elapsed,
@@ -236,8 +242,9 @@ def _markdown(meta: dict, rows: list[dict], big: dict) -> str:
         "",
         f"torch {meta['torch']}, {meta['cpus']} shared CPU cores, 2 threads; {meta['date_utc']} UTC; "
         f"load average at the end {tuple(round(x, 1) for x in meta['load_average_at_end'])}.",
-        "**The machine is shared with other jobs: latencies are noisy (each is the median of a few "
-        "interleaved runs); compare the ratios, not the absolute times.**",
+        "**The machine is shared with other jobs (load average well above its 2 cores during this run): "
+        "latencies are noisy (each is the median of the interleaved naive/ours rounds, at least "
+        f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the absolute times.**",
         "",
         "Peak = VmHWM - VmRSS around one full-size call in a fresh process after a 4x4 warm-up. "
         "Ours uses `path=\"auto\"`: the plain matmul while N*N < "
