@@ -22,17 +22,18 @@ s = d^-1/2 as the official code (``USE_SCALE=True``; the paper does not mention
 it): ``scale=True`` (default), ``False`` (s = 1) or an explicit float. In the
 Gaussian variant the compared vectors have C entries, so ``scale=True`` uses
 C^-1/2 there. Defaults as the official code: inner width C/2, max-pool
-subsampling on, biases on, convs initialised N(0, 0.01) with zero bias, BN
+subsampling on, biases on (but see phi below), convs initialised N(0, 0.01) with zero bias, BN
 (eps 1e-5, momentum 0.1 in PyTorch's convention) with gamma = 0 and beta = 0, so
 the block is the identity at initialisation.
 
 Differences from the official code: the video code pools 1x2x2 (space only,
 not time); ours pools every spatial dim by 2 (also a 3-D volume's depth), with
 ``ceil_mode`` so odd sizes keep their last row. The concatenation variant is not
-offered. The phi conv's bias is omitted: it adds theta_i^T b_p to every score of
-row i, which the softmax ignores (it never receives a gradient); the
-dot-product variant, which has no softmax, keeps it. The dot-product variant is computed as ``theta (phi^T g) / M``, which is
-the same product without the N x M matrix.
+offered. The phi conv's bias is omitted: it adds theta_i^T b_p to every score
+of row i, which the softmax ignores (it never receives a gradient); the
+dot-product variant, which has no softmax, keeps it. The dot-product variant
+is computed as ``theta (phi^T g) / M``, the same product without the N x M
+matrix.
 
 Memory: the softmax variants use :mod:`convattn.layers.attention_kernel`
 (``path="auto" | "matmul" | "sdpa"``), which never holds the N x M matrix at
