@@ -28,7 +28,7 @@ def test_detector_has_attention_in_its_backbone_and_the_right_outputs():
     plain, se = build_detector("none", 10, 1, 32), build_detector("se", 10, 1, 32)
     assert attached(plain) == []
     paths = attached(se)
-    # resnet18 has 8 BasicBlocks; the FPN body keeps layer1-layer3 (6 blocks)
+    # resnet18 has 8 BasicBlocks; the FPN body keeps layer1-layer3 (6 blocks; layer4 is dropped)
     assert len(paths) == 6 and all(p.startswith("backbone.body.layer") for p in paths)
     images = [torch.randn(1, 32, 32) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[2.0, 3, 14, 20]]), "labels": torch.tensor([4])},

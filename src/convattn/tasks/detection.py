@@ -6,13 +6,15 @@ parts with ``weights=None`` everywhere (nothing is downloaded):
 
 - trunk: torchvision ``resnet18`` (stem swapped for ``in_chans``) with the
   attention inserted by :func:`convattn.models.attach` (``where="block"``: in
-  every BasicBlock before the residual add); ``layer4`` is not used;
-- neck: ``BackboneWithFPN`` on layer1-layer3 (strides 4, 8, 16) with 64
+  every BasicBlock before the residual add); ``layer4`` is not used (its
+  attention modules are inserted but never run);
+- neck: ``BackboneWithFPN`` on layer2 and layer3 (strides 8 and 16) with 64
   channels, plus the max-pool level (stride 32);
 - head: ``FCOSHead`` with 2 convs per tower (torchvision's default is 4);
-  anchor sizes equal to the strides (4, 8, 16, 32), the convention of
-  torchvision's ``fcos_resnet50_fpn`` (size = stride), which with FCOS's
-  ``[4 s, 8 s]`` size ranges sends the small digits to the stride-4 level;
+  anchor sizes equal to the strides (8, 16, 32), the convention of
+  torchvision's ``fcos_resnet50_fpn`` (size = stride); with FCOS's
+  ``[4 s, 8 s]`` size ranges every digit of the small canvases is assigned to
+  the stride-8 level (centre sampling radius 1.5 x 8 pixels);
 - transform: ``min_size = max_size = image size`` (torchvision would otherwise
   upscale to 800 pixels), mean 0 and std 1 (the data are normalised already),
   ``size_divisible=16``; ``score_thresh=0.05`` and at most 20 detections per
@@ -42,8 +44,8 @@ from .common import TaskCommand, denormalise, embedded, per_class_table
 
 DETECTORS = ("fcos_resnet18",)
 DEFAULTS = {
-    "model": "fcos_resnet18", "variants": "none,se", "seeds": 2, "epochs": 4, "batch_size": 16, "lr": 0.01,
-    "weight_decay": 1e-4, "image_size": 48, "train_size": 800, "test_size": 200, "eval_batch_size": 50,
+    "model": "fcos_resnet18", "variants": "none,se", "seeds": 2, "epochs": 3, "batch_size": 16, "lr": 0.01,
+    "weight_decay": 1e-4, "image_size": 48, "train_size": 400, "test_size": 100, "eval_batch_size": 50,
 }
 
 
@@ -70,8 +72,8 @@ def build_detector(attention: str | None, num_classes: int, in_chans: int = 1, i
     trunk = create_model("resnet18", in_chans=in_chans, num_classes=1)
     if attention not in (None, "none"):
         attach(trunk, attention, where="block")
-    body = BackboneWithFPN(trunk, {"layer1": "0", "layer2": "1", "layer3": "2"}, [64, 128, 256], fpn_channels)
-    anchors = AnchorGenerator(sizes=((4,), (8,), (16,), (32,)), aspect_ratios=((1.0,),) * 4)
+    body = BackboneWithFPN(trunk, {"layer2": "0", "layer3": "1"}, [128, 256], fpn_channels)
+    anchors = AnchorGenerator(sizes=((8,), (16,), (32,)), aspect_ratios=((1.0,),) * 3)
     head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
     return FCOS(body, num_classes, min_size=image_size, max_size=image_size, image_mean=[0.0] * in_chans,
                 image_std=[1.0] * in_chans, anchor_generator=anchors, head=head, score_thresh=0.05,
