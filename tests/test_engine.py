@@ -164,3 +164,18 @@ def test_welch_statements():
     assert one["p_value"] is None and "needs >= 2 seeds" in one["statement"]
     flat = welch([0.5, 0.5], [0.6, 0.6], "se", "none")
     assert flat["p_value"] is None and "undefined" in flat["statement"]
+
+
+def test_flops_count_the_native_small_map_conv():
+    """torch's flop_counter cannot count aten._slow_conv2d_forward; measure.count_flops can."""
+    from torch import nn
+
+    from convattn.engine.measure import count_flops
+
+    conv = nn.Conv2d(2, 1, 7, padding=3)
+
+    class Slow(nn.Module):
+        def forward(self, x):
+            return torch._C._nn.thnn_conv2d(x, conv.weight, (7, 7), conv.bias, (1, 1), (3, 3))
+
+    assert count_flops(Slow(), (1, 2, 8, 8)) == count_flops(conv, (1, 2, 8, 8)) == 2 * 8 * 8 * 2 * 49

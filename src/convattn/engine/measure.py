@@ -21,6 +21,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _slow_conv_flop(x_shape, w_shape, _kernel, _bias, _stride, _padding, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten._slow_conv2d_forward / slow_conv3d_forward (no groups, not transposed).
+
+    torch's flop_counter maps ``_slow_conv2d_forward`` to its generic conv formula,
+    whose argument list (dilation, transposed) this op does not have, so counting a
+    model that uses it (CBAM's small-map fast path) fails; this formula replaces it.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
@@ -28,7 +40,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     was = model.training
     model.eval()
     x = torch.zeros(input_shape)
-    counter = FlopCounterMode(display=False)
+    aten = torch.ops.aten
+    custom = {aten._slow_conv2d_forward: _slow_conv_flop}
+    if hasattr(aten, "slow_conv3d_forward"):
+        custom[aten.slow_conv3d_forward] = _slow_conv_flop
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         model(x)
     model.train(was)
