@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import convattn
 from convattn import create_attention, get_spec
+
+# One intra-op thread per test process: the suite runs as 2 xdist workers on 2
+# cores, and two workers each spinning 2 OpenMP threads oversubscribe the machine
+# (tiny ops then wait tens of milliseconds for a busy core).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # Spatial size per dimensionality used by the registry-wide tests: even (so that
 # 2x pooling inside a module divides) and small (fast on 2 CPU cores).
