@@ -44,8 +44,8 @@ from .common import TaskCommand, denormalise, embedded, per_class_table
 
 DETECTORS = ("fcos_resnet18",)
 DEFAULTS = {
-    "model": "fcos_resnet18", "variants": "none,se", "seeds": 2, "epochs": 3, "batch_size": 16, "lr": 0.01,
-    "weight_decay": 1e-4, "image_size": 48, "train_size": 400, "test_size": 100, "eval_batch_size": 50,
+    "model": "fcos_resnet18", "variants": "none,se", "seeds": 2, "epochs": 6, "batch_size": 16, "lr": 0.01,
+    "weight_decay": 1e-4, "image_size": 48, "train_size": 2000, "test_size": 500, "eval_batch_size": 50,
 }
 
 

@@ -27,8 +27,8 @@ from .common import TaskCommand, denormalise, embedded, per_class_table
 from .heads import SEGMENTERS, build_segmenter
 
 DEFAULTS = {
-    "model": "danet", "variants": "none,danet", "seeds": 2, "epochs": 3, "batch_size": 16, "lr": 0.1,
-    "weight_decay": 1e-4, "image_size": 48, "train_size": 600, "test_size": 200, "eval_batch_size": 100,
+    "model": "danet", "variants": "none,danet", "seeds": 2, "epochs": 6, "batch_size": 16, "lr": 0.1,
+    "weight_decay": 1e-4, "image_size": 48, "train_size": 2000, "test_size": 500, "eval_batch_size": 100,
 }
 
 
