@@ -35,8 +35,23 @@ from .progress import Progress
 from .tasks import ClassificationTask, Task
 
 
+class ConfigRecord:
+    """``as_dict``/``from_dict`` for the config dataclasses saved in checkpoints."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config has unknown fields {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigRecord):
     """Everything that determines one training (saved in every checkpoint)."""
 
     model: str = "resnet8"
@@ -80,16 +95,6 @@ class TrainConfig:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
         return self
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config has unknown fields {unknown}; valid: {sorted(names)}")
-        return cls(**d)
 
 
 @dataclass

@@ -34,7 +34,6 @@ config, epoch, step, history and the RNG scheme.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.trainer import ConfigRecord
 from .models import (
     CONDITIONING,
     EMA,
@@ -59,7 +59,7 @@ EVAL_STREAM = 999_999
 
 
 @dataclass
-class GenConfig:
+class GenConfig(ConfigRecord):
     """Everything that determines one GAN training (saved in every checkpoint)."""
 
     attention: str | None = "sagan"
@@ -113,16 +113,6 @@ class GenConfig:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         return self
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GenConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config has unknown fields {unknown}; valid: {sorted(names)}")
-        return cls(**d)
 
 
 @dataclass
