@@ -302,14 +302,17 @@ def _child(job: dict) -> dict:
     mode = job["mode"]
     module = prepare(build(job["target"]), dtype, job["channels_last"], mode, dims)
     x = make_input(shape, dtype, job["channels_last"])
-    tiny = (1, shape[1]) + tuple(min(s, 8) for s in shape[2:])
+    # batch 2, not 1: modules that normalise over the batch in training (BAM's
+    # BatchNorm1d on pooled vectors, SRM) refuse a batch of one
+    b0 = min(2, shape[0])
+    tiny = (b0, shape[1]) + tuple(min(s, 8) for s in shape[2:])
     if job["target"].get("kind") in ("model", "timm_model"):
-        tiny = (1, shape[1]) + tuple(min(s, 32) for s in shape[2:])
+        tiny = (b0, shape[1]) + tuple(min(s, 32) for s in shape[2:])
     try:
         out = step_fn(module, make_input(tiny, dtype, job["channels_last"]), "eval")()
         step_fn(module, make_input(tiny, dtype, job["channels_last"]), mode)()
-    except Exception:  # a module that needs a minimum size: warm up at batch 1, full spatial size
-        tiny = (1,) + shape[1:]
+    except Exception:  # a module that needs a minimum size: warm up at full spatial size
+        tiny = (b0,) + shape[1:]
         out = step_fn(module, make_input(tiny, dtype, job["channels_last"]), "eval")()
         step_fn(module, make_input(tiny, dtype, job["channels_last"]), mode)()
     module.train(mode == "train")
