@@ -89,17 +89,7 @@ class _PositionAttention(AttentionModule):
 
     def _attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(X as (B, C, N), gamma * V S^T as tokens (B, N, C))."""
-        flat = x.flatten(2)
-        n = flat.shape[-1]
-        # q and k are projected straight to C columns (zero-padded) when SDPA will run
-        w = qk_width(n, n, self.query_conv.out_channels, self.channels, self.path)
-        q = tokens_from(self.query_conv, flat, w)
-        k = tokens_from(self.key_conv, flat, w)
-        # gamma folded into V's weights: gamma (V S^T) = (gamma V) S^T, no (B, N, C) product
-        v = tokens_from(self.value_conv, flat, scale=self.gamma)
-        out = attention(q, k, v, scale=1.0, path=self.path)
-        record_position_maps(self, q, k, scale=1.0, spatial=tuple(x.shape[2:]))
-        return flat, out
+        return position_attention(self, x)
 
     def position_term(self, x: torch.Tensor) -> torch.Tensor:
         """gamma * (V S^T), shape of ``x``."""
@@ -111,6 +101,25 @@ class _PositionAttention(AttentionModule):
         flat, out = self._attend(x)
         return (flat + out.transpose(1, 2)).reshape(x.shape)
 
+
+
+def position_attention(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DANet's position attention without the residual, shared by ``pam`` and ``pam_gate``.
+
+    ``m`` has ``query_conv``, ``key_conv``, ``value_conv``, ``gamma``, ``channels``
+    and ``path``. Returns (X as (B, C, N), gamma * V S^T as tokens (B, N, C)).
+    """
+    flat = x.flatten(2)
+    n = flat.shape[-1]
+    # q and k are projected straight to C columns (zero-padded) when SDPA will run
+    w = qk_width(n, n, m.query_conv.out_channels, m.channels, m.path)
+    q = tokens_from(m.query_conv, flat, w)
+    k = tokens_from(m.key_conv, flat, w)
+    # gamma folded into V's weights: gamma (V S^T) = (gamma V) S^T, no (B, N, C) product
+    v = tokens_from(m.value_conv, flat, scale=m.gamma)
+    out = attention(q, k, v, scale=1.0, path=m.path)
+    record_position_maps(m, q, k, scale=1.0, spatial=tuple(x.shape[2:]))
+    return flat, out
 
 @register(
     "pam",

@@ -51,13 +51,10 @@ from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, spatial_amax, spatial_mean, unsqueeze_spatial
 from ..layers.attention_kernel import (
-    attention,
     check_path,
-    qk_width,
-    record_position_maps,
-    tokens_from,
 )
 from ..registry import register
+from .danet import position_attention
 
 
 @register(
@@ -104,15 +101,7 @@ class PAMGate(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        flat = x.flatten(2)
-        n = flat.shape[-1]
-        w = qk_width(n, n, self.query_conv.out_channels, self.channels, self.path)
-        q = tokens_from(self.query_conv, flat, w)
-        k = tokens_from(self.key_conv, flat, w)
-        # gamma folded into V's weights: gamma (V S^T) = (gamma V) S^T, no (B, N, C) product
-        v = tokens_from(self.value_conv, flat, scale=self.gamma)
-        out = attention(q, k, v, scale=1.0, path=self.path)
-        record_position_maps(self, q, k, scale=1.0, spatial=tuple(x.shape[2:]))
+        flat, out = position_attention(self, x)
         p = (flat + out.transpose(1, 2)).reshape(x.shape)
         m = self.gate(x)
         self.record("channel", m)
