@@ -31,14 +31,8 @@ ALL = list_attention()
 CHANNELS = 16
 SIZE = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}
 
-_FCA = ("fca caches its DCT basis per input size (fca.py basis(): self._bases.get(key)), which fixes "
-        "the spatial size in the graph")
 #: module -> reason, per format; each must fail (strict xfail) until fixed
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "onnx": {"fca": _FCA + ": torch.export raises a constraint violation for dynamic H, W"},
-    "torchscript": {"fca": _FCA + ": the trace bakes in the 8x8 basis and is wrong at another size"},
-    "compile": {},
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {"onnx": {}, "torchscript": {}, "compile": {}}
 
 
 def _params(fmt: str):
@@ -75,6 +69,16 @@ def test_module_exports_to_onnx_with_dynamic_shapes(name, tmp_path):
     assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape), tuple(second_input(x).shape)]
     assert len(report.max_abs_diff) == 2 and max(report.max_abs_diff) <= 1e-4
 
+
+
+def test_fca_official_fixed_dct_size_exports_with_dynamic_spatial_size(tmp_path):
+    """fca with dct_size=7 (adaptive pool to 7x7, official): the pool is folded into the filters
+    in traced graphs, so the ONNX file stays right at a size the pool windows differ at."""
+    m = randomize(create_attention("fca", CHANNELS, reduction=4, dct_size=7)).eval()
+    x = torch.randn(2, CHANNELS, 14, 14)  # second size 18 x 20: uneven 7-point windows
+    report = export_onnx(m, x, tmp_path / "fca7.onnx")
+    assert all(isinstance(d, str) for d in onnx_input_dims(tmp_path / "fca7.onnx")[2:])
+    assert len(report.max_abs_diff) == 2 and max(report.max_abs_diff) <= 1e-4
 
 @pytest.mark.parametrize("name", _params("torchscript"))
 def test_module_exports_to_torchscript(name, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -172,3 +173,40 @@ def test_fca_bad_options():
     m = create_attention("fca", 32, dct_size=(7, 7))
     with pytest.raises(ValueError, match=r"dct_size=\(7, 7\) has 2 dims but the input has 1 spatial dims"):
         m(torch.randn(2, 32, 12))
+
+
+@pytest.mark.parametrize("size", [(7, 7), (4, 5), (14, 21), (1, 1), (12,), (30,), (3, 7, 7), (2, 3, 9)])
+@pytest.mark.parametrize("freq_sel", ["top16", "low32", "top1"])
+def test_traced_basis_equals_cached_basis(size, freq_sel):
+    # the tensor-op filters of traced graphs are the cached eager basis (same float64 build)
+    m = create_attention("fca", 40, reduction=4, freq_sel=freq_sel)
+    torch.testing.assert_close(m.traced_basis(size, torch.float64), m.basis(size, torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(m.traced_basis(size, torch.float32), m.basis(size, torch.float32), rtol=0, atol=1e-7)
+    # and both are the equation's filters
+    ref = filters(40, size, scaled([(0,) * (len(size) - 2) + f[: len(size)] for f in TOP16], size))
+    if freq_sel == "top16":
+        torch.testing.assert_close(m.basis(size, torch.float64), ref.reshape(40, -1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dct_size", [7, (5, 9)])
+def test_traced_basis_folds_the_official_adaptive_pool(dct_size):
+    m = randomize(create_attention("fca", 16, reduction=4, dct_size=dct_size)).double()
+    for size in [(7, 7), (16, 16), (5, 9), (20, 13), (3, 4)]:
+        x = torch.randn((2, 16) + size, dtype=torch.float64)
+        traced = (x.flatten(2) * m.traced_basis(size, torch.float64)).sum(-1)
+        torch.testing.assert_close(traced, m.spectral_pool(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("opts", [{}, {"dct_size": 7}])
+def test_jit_trace_at_one_size_is_right_at_others(opts):
+    """The eager path (cached basis) equals a trace made at 8x8 and run at other sizes."""
+    m = randomize(create_attention("fca", 16, reduction=4, **opts)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation warning
+        traced = torch.jit.trace(m, torch.randn(2, 16, 8, 8))
+    for size in [(8, 8), (4, 5), (14, 21), (16, 16), (1, 1)]:
+        x = torch.randn((3, 16) + size)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), m(x), rtol=1e-5, atol=1e-5)
+    assert not any("basis" in k for k in m.state_dict())
+

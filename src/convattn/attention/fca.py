@@ -26,13 +26,23 @@ in 7x7").
 Input sizes (where we differ from the official code). The official layer is
 built for one fixed size (56/28/14/7 in ResNet) and adaptive-average-pools any
 other input to that size first. By default we instead build the DCT basis for the
-input's own size (cached per size, dtype and device; never in the state dict),
-with the official scaling ``u * (H // 7)``; for an axis shorter than 7 the
-official factor is 0 (every group would collapse onto DC), so there we keep u
-and clamp it to H - 1. Pass ``dct_size=7`` (or 14, (28, 28), ...) to get the
-official behaviour exactly: inputs of another size are adaptive-average-pooled
+input's own size, with the official scaling ``u * (H // 7)``; for an axis shorter
+than 7 the official factor is 0 (every group would collapse onto DC), so there we
+keep u and clamp it to H - 1. Pass ``dct_size=7`` (or 14, (28, 28), ...) to get
+the official behaviour exactly: inputs of another size are adaptive-average-pooled
 to ``dct_size`` first. For inputs whose sides are multiples of 7 and equal to the
 official per-stage size the two agree.
+
+Supported sizes: any spatial size >= 1 per dim (1, 2 or 3 spatial dims), in
+eager mode and in traced, compiled and exported graphs alike. In eager mode the
+basis is built once per (size, dtype, device) and cached (never in the state
+dict). While a tracer records the forward (``torch.jit.trace``, ``torch.compile``,
+``torch.export`` and the ONNX exporter) the cache is bypassed and the filters
+are computed with tensor ops from ``torch.arange`` of the input's (symbolic) size
+(``traced_basis``; with ``dct_size`` the adaptive pool is folded into the filter
+as a pooling matrix), so an exported graph with dynamic H, W computes the right
+filters, including the frequency scaling and the clamp, at every size. The two
+paths agree to float rounding (both are built in float64 and cast).
 
 Channels not divisible by the number of frequencies: the official code asserts
 ``C % n == 0``. We use the same contiguous split ``i(c) = floor(c * n / C)``,
@@ -53,10 +63,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, unsqueeze_spatial
-from ..layers.dct import dct_basis_nd, fca_frequencies, scale_frequency
+from ..layers.dct import dct_basis_nd, dct_filters_traceable, fca_frequencies, scale_frequency
 from ..registry import register
 
 _ADAPTIVE_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
+
+def _symbolic_shapes(x: torch.Tensor) -> bool:
+    """True while a tracer records the forward (jit.trace, dynamo/torch.export, ONNX export)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    return any(not isinstance(s, int) for s in x.shape[2:])  # SymInt sizes (fake tensors)
 
 
 def fca_channel_groups(channels: int, num_freq: int) -> list[int]:
@@ -131,6 +150,9 @@ class FcaNet(AttentionModule):
         self.dct_size = dct_size
         self.groups = fca_channel_groups(channels, len(self.freqs))
         self.register_buffer("group_index", torch.tensor(self.groups), persistent=False)
+        # the used 7x7-grid pairs (u, v), for the traced basis (see spectral_pool)
+        used = self.freqs[: self.groups[-1] + 1]
+        self.register_buffer("grid_freqs", torch.tensor(used, dtype=torch.long), persistent=False)
         self.fc1 = nn.Linear(channels, width, bias=False)
         self.fc2 = nn.Linear(width, channels, bias=False)
         self._bases: dict[tuple, torch.Tensor] = {}
@@ -148,23 +170,44 @@ class FcaNet(AttentionModule):
                 self._bases[key] = b
         return b
 
-    def _pool_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dct_size is None:
-            return x
-        nd = x.dim() - 2
+    def traced_basis(self, size, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """The per-channel filters for an input of spatial ``size``, built with tensor ops; not cached.
+
+        ``size`` may be ints, SymInts or traced sizes. This is what traced,
+        compiled and exported graphs contain, so that they compute the filters
+        for whatever size they are run at. Without ``dct_size`` it equals
+        :meth:`basis` (``size``); with ``dct_size`` it is the filter of
+        "adaptive-average-pool to ``dct_size``, then ``basis(dct_size)``".
+        """
+        nd = len(size)
+        g = self.grid_freqs.to(device) if device is not None else self.grid_freqs
+        placed = {1: g[:, :1], 2: g, 3: torch.cat((torch.zeros_like(g[:, :1]), g), 1)}[nd]  # as fca_frequency_nd
+        # float64 as the cached basis (cos(pi u (t + 1/2) / n) loses ~1e-6 in float32 at n = 56);
+        # MPS has no float64
+        work = torch.float32 if g.device.type == "mps" else torch.float64
+        pooled_to = self._dct_size_for(nd, size) if self.dct_size is not None else None
+        b = dct_filters_traceable(size, placed, dtype=work, device=g.device, pooled_to=pooled_to)
+        return b[self.group_index].to(dtype)
+
+    def _dct_size_for(self, nd: int, shape) -> tuple[int, ...]:
         size = (self.dct_size,) * nd if isinstance(self.dct_size, int) else self.dct_size
         if len(size) != nd:
             raise ValueError(
                 f"{self._owner()}: dct_size={self.dct_size!r} has {len(size)} dims but the input "
-                f"has {nd} spatial dims (shape {tuple(x.shape)})"
+                f"has {nd} spatial dims (shape {tuple(shape)})"
             )
-        if tuple(x.shape[2:]) != size:
-            x = _ADAPTIVE_POOL[nd](x, size)
-        return x
+        return size
 
     def spectral_pool(self, x: torch.Tensor) -> torch.Tensor:
         """y_c = sum_S x_c B_c over every spatial position: (B, C, *S) -> (B, C)."""
-        xp = self._pool_input(x)
+        if _symbolic_shapes(x):
+            # traced / compiled / exported: filters as a function of the (symbolic) size
+            return (x.flatten(2) * self.traced_basis(x.shape[2:], x.dtype, x.device)).sum(-1)
+        xp = x
+        if self.dct_size is not None:
+            size = self._dct_size_for(x.dim() - 2, x.shape)
+            if tuple(x.shape[2:]) != size:
+                xp = _ADAPTIVE_POOL[x.dim() - 2](x, size)
         b = self.basis(xp.shape[2:], xp.dtype, xp.device)
         # a per-channel dot product. Measured on CPU, multiply-then-sum (one temporary of x's
         # size) is 2-4x faster than einsum's bmm over C (C gemv calls) or a depthwise conv.

@@ -88,3 +88,73 @@ def scale_frequency(u: int, n: int, grid: int = FREQ_GRID) -> int:
     ``n - 1`` instead (our fallback, not the paper's).
     """
     return min(u * max(n // grid, 1), n - 1)
+
+
+def dct_axis_traceable(n, freqs: torch.Tensor, dtype: torch.dtype = torch.float64, device=None,
+                       grid: int = FREQ_GRID) -> torch.Tensor:
+    """1D DCT-II filters of length ``n`` for grid frequencies ``freqs`` (F,): shape (F, n).
+
+    Row f is ``dct_basis_1d(n, scale_frequency(freqs[f], n, grid))``, computed with
+    tensor ops only: ``n`` may be an int, a ``torch.SymInt`` (torch.export, dynamo)
+    or the 0-dim tensor ``x.shape`` gives under ``torch.jit.trace``. Positions, n,
+    the frequency scaling ``min(u * max(n // grid, 1), n - 1)`` and the
+    normalisation are all tensors derived from ``torch.arange(n)``, so a traced
+    graph computes them for the size it is run at.
+    """
+    t = torch.arange(n, dtype=dtype, device=device)  # (n,)
+    nt = torch.ones_like(t).sum()  # n as a 0-dim tensor of the graph
+    u = freqs.to(dtype=dtype, device=device)
+    u = torch.minimum(u * torch.clamp(torch.floor(nt / grid), min=1.0), nt - 1)  # (F,)
+    norm = torch.sqrt(torch.where(u > 0, torch.full_like(u, 2.0), torch.ones_like(u)) / nt)
+    return torch.cos(math.pi * u[:, None] * (t + 0.5) / nt) * norm[:, None]
+
+
+def adaptive_pool_matrix(n, m: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """The (m, n) matrix of a 1D adaptive average pool from n to m points, with tensor ops.
+
+    Row i averages positions ``[floor(i n / m), ceil((i + 1) n / m))``, the windows
+    of ``F.adaptive_avg_pool1d``; ``n`` may be symbolic as in :func:`dct_axis_traceable`.
+    """
+    j = torch.arange(n, device=device)  # (n,) long
+    nt = torch.ones_like(j).sum()
+    i = torch.arange(m, device=device)
+    start = torch.div(i * nt, m, rounding_mode="floor")
+    end = torch.div((i + 1) * nt + (m - 1), m, rounding_mode="floor")
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
+
+
+def dct_filters_traceable(
+    sizes, freqs: torch.Tensor, dtype: torch.dtype = torch.float64, device=None, grid: int = FREQ_GRID,
+    pooled_to: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Flattened nD DCT-II filters built with tensor ops only: shape ``(F, prod(sizes))``.
+
+    ``freqs`` is an integer tensor (F, len(sizes)) of grid frequencies, one row per
+    filter, one column per spatial dim; ``sizes`` may be symbolic (see
+    :func:`dct_axis_traceable`). Row f equals
+    ``dct_basis_nd(sizes, [scale_frequency(u, n) for u, n in zip(freqs[f], sizes)]).reshape(-1)``.
+
+    With ``pooled_to=(m_1, ...)`` the filters are those of "adaptive-average-pool
+    to ``pooled_to``, then the DCT of that size": per dim ``b_m @ P`` with ``P``
+    from :func:`adaptive_pool_matrix` (both steps are linear and separable).
+    """
+    # under torch.jit.trace shapes are tensors: skip the (constant) check there, it would warn
+    if len(sizes) == 0 or freqs.dim() != 2 or (not torch.jit.is_tracing() and freqs.shape[1] != len(sizes)):
+        raise ValueError(
+            f"freqs must have shape (F, {len(sizes)}) for {len(sizes)} spatial sizes (at least 1), "
+            f"got {tuple(freqs.shape)}"
+        )
+    if pooled_to is not None and len(pooled_to) != len(sizes):
+        raise ValueError(f"pooled_to {pooled_to} and sizes must have the same length ({len(sizes)})")
+    per_dim = []
+    for d, n in enumerate(sizes):
+        if pooled_to is None:
+            per_dim.append(dct_axis_traceable(n, freqs[:, d], dtype, device, grid))  # (F, n)
+        else:
+            b = dct_axis_traceable(pooled_to[d], freqs[:, d], dtype, device, grid)  # (F, m)
+            per_dim.append(b @ adaptive_pool_matrix(n, pooled_to[d], dtype, device))  # (F, n)
+    out = per_dim[0]
+    for b in per_dim[1:]:  # outer product per filter, row-major as dct_basis_nd(...).reshape(-1)
+        out = (out[:, :, None] * b[:, None, :]).flatten(1)
+    return out
