@@ -70,12 +70,15 @@ _ADAPTIVE_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adapt
 
 
 def _symbolic_shapes(x: torch.Tensor) -> bool:
-    """True while a tracer records the forward (jit.trace, dynamo/torch.export, ONNX export)."""
+    """True while a tracer records the forward: torch.jit.trace (and the legacy ONNX
+    exporter built on it), torch.compile, or torch.export / the dynamo ONNX exporter
+    (fake tensors with SymInt sizes)."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return True
-    if torch.onnx.is_in_onnx_export():
-        return True
-    return any(not isinstance(s, int) for s in x.shape[2:])  # SymInt sizes (fake tensors)
+    for s in x.shape[2:]:
+        if type(s) is not int:
+            return True
+    return False
 
 
 def fca_channel_groups(channels: int, num_freq: int) -> list[int]:
