@@ -8,6 +8,7 @@ the floor's memory) is right.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -76,6 +77,83 @@ def test_flops_count_the_two_linear_layers_of_se():
     assert count_flops(m, x, "eval") == 2 * b * (c * hidden + hidden * c)
     assert count_flops(m, x, "train") == 3 * count_flops(m, x, "eval")
 
+
+
+def _cbam_flops(b: int, c: int, spatial: tuple[int, ...], reduction: int = 16, k: int = 7) -> int:
+    """CBAM's counted FLOPs (2 per multiply-add) for a (b, c, *spatial) input, from its equation:
+    the shared MLP C -> C/r -> C on the two pooled vectors (GAP, GMP), and the 2 -> 1 k^d conv."""
+    hidden = c // reduction
+    mlp = 2 * (2 * b) * (c * hidden + hidden * c)
+    conv = 2 * b * math.prod(spatial) * 2 * k ** len(spatial)
+    return mlp + conv
+
+
+def test_flops_of_a_resnet_with_cbam_add_the_cbam_blocks():
+    """FLOPs of create_model's resnet8 + cbam = plain resnet8 + each CBAM block's MLP and 7x7 conv."""
+    from convattn.attention.cbam import CBAM
+    from convattn.models import create_model
+
+    x = make_input((2, 3, 32, 32))
+    plain = create_model("resnet8")
+    model = create_model("resnet8", attention="cbam")
+    shapes = []
+    hooks = [m.register_forward_pre_hook(lambda _m, a: shapes.append(tuple(a[0].shape)))
+             for m in model.modules() if isinstance(m, CBAM)]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    assert len(shapes) == 3 and {s[1] for s in shapes} == {16, 32, 64}
+    expected = sum(_cbam_flops(s[0], s[1], s[2:]) for s in shapes)
+    base = count_flops(plain, x, "eval")
+    assert base > 0 and count_flops(model, x, "eval") - base == expected
+    # train: forward + input and weight gradients, 3x every matrix product and conv
+    assert count_flops(model, x, "train") - count_flops(plain, x, "train") == 3 * expected
+    assert all(m.impl == "fast" for m in model.modules() if isinstance(m, CBAM))  # restored
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 7, 7), (2, 16, 24, 24), (2, 16, 4, 4, 4), (2, 16, 20)])
+def test_flops_of_cbam_fast_paths(shape):
+    """The spatial gate's 2 -> 1 conv on its fast paths (native im2col kernel on small maps,
+    batch-folded depthwise conv on large ones) counts as the plain conv, eval and train."""
+    dims = len(shape) - 2
+    x = make_input(shape)
+    conv = 2 * shape[0] * math.prod(shape[2:]) * 2 * 7 ** dims
+    sp = create_attention("cbam_spatial", 16, dims=dims)
+    assert count_flops(sp, x, "eval") == conv
+    assert count_flops(sp, x, "train") == 3 * conv
+    for impl in ("fast", "plain"):
+        m = create_attention("cbam", 16, dims=dims, impl=impl)
+        assert count_flops(m, x, "eval") == _cbam_flops(shape[0], 16, shape[2:])
+        assert count_flops(m, x, "train") == 3 * _cbam_flops(shape[0], 16, shape[2:])
+        assert m.impl == impl
+
+
+def test_flops_of_a_grouped_conv_backward():
+    # each gradient of a depthwise conv costs its forward (torch's own formula counts groups x more)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    x = make_input((2, 8, 6, 6))
+    fwd = 2 * 2 * 8 * 36 * 9
+    assert count_flops(conv, x, "eval") == fwd and count_flops(conv, x, "train") == 3 * fwd
+
+
+def test_flops_count_every_registered_module_and_model():
+    """FLOP counting never fails: every registered module at each supported dims, and
+    create_model's resnet8 with every attention (a failed count shows as "-" in bench tables)."""
+    from convattn import get_spec, list_attention
+    from convattn.models import create_model
+
+    sizes = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}
+    for name in list_attention():
+        for d in get_spec(name).dims:
+            x = make_input((2, 32) + sizes[d])
+            m = create_attention(name, 32, dims=d)
+            e, t = count_flops(m, x, "eval"), count_flops(m, x, "train")
+            assert 0 <= e <= t, (name, d, e, t)
+    x = make_input((2, 3, 16, 16))
+    base = count_flops(create_model("resnet8"), x, "eval")
+    for name in list_attention():
+        assert count_flops(create_model("resnet8", attention=name), x, "eval") >= base > 0, name
 
 @pytest.mark.parametrize("name", [n for n in ("se", "eca", "cbam") if timm_peer_available(n, 2)])
 def test_timm_peer_has_our_widths(name):

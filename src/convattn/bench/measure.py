@@ -2,8 +2,11 @@
 
 - Parameters: ``sum(p.numel())``.
 - FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix
-  products and convolutions only (we add matrix-vector and dot products; elementwise work such as pooling, sigmoid and
-  the gating multiply is not counted, so a parameter-free module reports 0).
+  products and convolutions only (we add matrix-vector and dot products and the
+  native im2col convs, see :func:`flop_formulas`; elementwise work such as
+  pooling, sigmoid and the gating multiply is not counted, so a parameter-free
+  module reports 0). Modules are counted on their standard path
+  (:func:`standard_path`), so the count does not depend on the implementation.
 - Latency: :class:`torch.utils.benchmark.Timer` with ``num_threads``; the
   variants of one comparison are timed *interleaved* (A B C A B C ...), one block
   of calls per variant per round, so that drift of a shared machine hits all of
@@ -17,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -68,28 +72,102 @@ def _dot_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0]
 
 
-_EXTRA_FLOP_FORMULAS = {torch.ops.aten.mv: _mv_flop, torch.ops.aten.dot: _dot_flop}
+def _slow_conv2d_backward_flop(grad_out_shape, x_shape, w_shape, _kernel, _stride, _padding, output_mask,
+                               out_shape=None, **kwargs) -> int:
+    """aten._slow_conv2d_backward (the native im2col conv's backward; torch has no formula).
+
+    Each of grad_input and grad_weight costs what the forward does (the backward
+    of CBAM's small-map 2 -> 1 conv, ``layers.fused.narrow_conv``); grad_bias is a
+    sum, not counted, as for torch's ``convolution_backward`` formula.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=False)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """aten.convolution_backward, grouped convs included.
+
+    grad_input and grad_weight each cost what the forward does (every forward
+    multiply-add x * w has one counterpart in each). torch's own formula agrees
+    for ``groups=1`` but counts grad_weight as if the conv were dense, ``groups``
+    times too much (8x for CBAM's batch-folded depthwise conv at batch 4).
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=bool(transposed))
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def flop_formulas() -> dict:
+    """Formulas added to (or replacing) torch's FlopCounterMode registry.
+
+    - ``aten.mv`` and ``aten.dot`` (not counted by torch);
+    - ``aten._slow_conv2d_forward`` and ``aten.slow_conv3d_forward``, the native
+      im2col convs of CBAM's small-map fast path: torch maps the first to its
+      generic conv formula, whose arguments it does not have, and counting fails
+      (``convattn.engine.measure._slow_conv_flop`` replaces it);
+    - ``aten._slow_conv2d_backward`` (no formula in torch: dropped silently). The
+      3D one's backward is ``aten.convolution_backward``;
+    - ``aten.convolution_backward``: torch's formula ignores ``groups`` for the
+      weight gradient (see :func:`_conv_backward_flop`).
+    """
+    from ..engine.measure import _slow_conv_flop
+
+    aten = torch.ops.aten
+    out = {aten.mv: _mv_flop, aten.dot: _dot_flop, aten._slow_conv2d_forward: _slow_conv_flop,
+           aten._slow_conv2d_backward: _slow_conv2d_backward_flop,
+           aten.convolution_backward: _conv_backward_flop}
+    if hasattr(aten, "slow_conv3d_forward"):
+        out[aten.slow_conv3d_forward] = _slow_conv_flop
+    return out
+
+
+@contextlib.contextmanager
+def standard_path(module: nn.Module):
+    """Run every submodule with an ``impl`` option on its literal ``"plain"`` path.
+
+    FLOPs describe a module's maths, not an implementation trick: CBAM's
+    ``impl="fast"`` computes mean_c(X * M_c) as a batched matrix product, which
+    FlopCounterMode would count (2 B C S) although the literal mean is not. The
+    attribute is restored on exit. (Kernels that bypass PyTorch ops check
+    ``torch._C._len_torch_dispatch_stack()`` and take their standard ops under any
+    dispatch mode, FlopCounterMode included.)
+    """
+    changed = []
+    for m in module.modules():
+        if getattr(m, "impl", None) == "fast":
+            changed.append(m)
+            m.impl = "plain"
+    try:
+        yield module
+    finally:
+        for m in changed:
+            m.impl = "fast"
 
 
 def count_flops(module: nn.Module, x: torch.Tensor, mode: str = "eval") -> int:
-    """FLOPs of one forward (``eval``) or forward + backward (``train``)."""
+    """FLOPs of one forward (``eval``) or forward + backward (``train``), on the standard path."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     was_training = module.training
-    if mode == "eval":
-        module.eval()
-        with counter, torch.no_grad():
-            module(x)
-    else:
-        module.train()
-        xg = x.detach().requires_grad_(True)
-        grads = [p.grad for p in module.parameters()]
-        with counter:
-            y = module(xg)
-            y.backward(torch.ones_like(y))
-        for p, g in zip(module.parameters(), grads, strict=True):
-            p.grad = g  # leave the module's gradients as they were
+    with standard_path(module):
+        if mode == "eval":
+            module.eval()
+            with counter, torch.no_grad():
+                module(x)
+        else:
+            module.train()
+            xg = x.detach().requires_grad_(True)
+            grads = [p.grad for p in module.parameters()]
+            with counter:
+                y = module(xg)
+                y.backward(torch.ones_like(y))
+            for p, g in zip(module.parameters(), grads, strict=True):
+                p.grad = g  # leave the module's gradients as they were
     module.train(was_training)
     return int(counter.get_total_flops())
 
