@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, batch_norm_nd, conv_nd, hidden_channels, unsqueeze_spatial
+from ..layers import AttentionModule, batch_norm_nd, conv_nd, hidden_channels, native, unsqueeze_spatial
 from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
+from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
 _POOL_ORDERS = ("max_mean", "mean_max")
@@ -114,8 +115,21 @@ class CBAMChannel(AttentionModule):
         """M_c, shape (B, C)."""
         return self.gate_from_pools(*spatial_mean_amax(x))
 
+    def mlp_params(self) -> tuple[torch.Tensor, ...]:
+        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+
+    def gate_native(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """M_c from the pooled vectors in the kernel library (no autograd)."""
+        return native.mlp2_sigmoid(avg, mx, *self.mlp_params())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            params = self.mlp_params()
+            if wants_grad(x, params):
+                return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)[0]
+            avg, mx = native.pool_spatial(x, want_max=True)[:2]
+            return native.scale(x, self.gate_native(avg, mx), None)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
@@ -197,8 +211,38 @@ class CBAMSpatial(AttentionModule):
         """M_s, shape (B, *S)."""
         return self.gate_from_pools(x.amax(1), x.mean(1), fast)
 
+    def gate_params(self) -> tuple[torch.Tensor, ...]:
+        return tuple(p for p in (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias) if p is not None)
+
+    def gate_native(self, mx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """M_s (B, *S) from the pooled maps (B, *S); no autograd.
+
+        2-D with BN in eval: conv, BN and sigmoid in one kernel (BN folded into an
+        affine map); otherwise :meth:`gate_from_pools`.
+        """
+        bn = self.bn
+        if mx.dim() != 3 or bn.training or bn.running_var is None or not native.usable(mx):
+            return self.gate_from_pools(mx, mean)
+        pair = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
+        p = torch.stack(pair, 1)
+        with torch.no_grad():
+            inv = (bn.running_var.double() + bn.eps).rsqrt()
+            scale = inv * (bn.weight.double() if bn.weight is not None else 1.0)
+            shift = (bn.bias.double() if bn.bias is not None else 0.0) - bn.running_mean.double() * scale
+            if self.conv.bias is not None:
+                shift = shift + self.conv.bias.double() * scale
+        return native.conv2d_gate(p, self.conv.weight, float(scale), float(shift))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            params = self.gate_params()
+            if wants_grad(x, params) or self.bn.training:
+                return gated(x, GateSpec(spatial=self.gate_from_pools), params)[0]
+            B = x.shape[0]
+            mean, mx = native.pool_channel(x)[:2]
+            gs = self.gate_native(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
+            return native.scale(x, None, gs)
         s = self.gate(x)
         self.record("spatial", s)
         return x * s.unsqueeze(1)
@@ -268,7 +312,24 @@ class CBAM(AttentionModule):
         self.check_input(x)
         if self.impl == "plain":
             return self._forward_plain(x)
+        if fast_ok(self, x):
+            return self._forward_native(x)
         return self._forward_fast(x)
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        ch, sp = self.channel, self.spatial
+        params = ch.mlp_params() + sp.gate_params()
+        if wants_grad(x, params) or sp.bn.training:
+            spec = GateSpec(
+                channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
+            )
+            return gated(x, spec, params)[0]
+        B = x.shape[0]
+        avg, mx = native.pool_spatial(x, want_max=True)[:2]
+        mc = ch.gate_native(avg, mx)
+        mean, mxc = native.pool_channel(x, mc)[:2]
+        ms = sp.gate_native(mxc.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
+        return native.scale(x, mc, ms)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         mc = self.channel.gate(x)

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, spatial_mean, unsqueeze_spatial
+from ..layers import AttentionModule, native, spatial_mean, unsqueeze_spatial
+from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
 
@@ -104,17 +105,27 @@ class ECA(AttentionModule):
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel weights w, shape (B, C)."""
+    def gate_from_mean(self, z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
+        """w from the pooled vector z = GAP(X), (B, C)."""
         # the zero-padded k-tap cross-correlation of nn.Conv1d on (B, C, k) windows:
         # same maths and weights as self.conv, without oneDNN's per-call setup cost
         k = self.kernel_size
         p = (k - 1) // 2
-        y = F.pad(spatial_mean(x), (p, p))  # (B, C + 2p)
+        y = F.pad(z, (p, p))  # (B, C + 2p)
         return torch.sigmoid((y.unfold(-1, k, 1) * self.conv.weight.view(k)).sum(-1))
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel weights w, shape (B, C)."""
+        return self.gate_from_mean(spatial_mean(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            params = (self.conv.weight,)
+            if wants_grad(x, params):
+                return gated(x, GateSpec(channel=self.gate_from_mean), params)[0]
+            z = native.pool_spatial(x)[0]
+            return native.scale(x, native.conv1d_sigmoid(z, self.conv.weight, None, (self.kernel_size - 1) // 2), None)
         w = self.gate(x)
         self.record("channel", w)
         return x * unsqueeze_spatial(w, x.dim() - 2)

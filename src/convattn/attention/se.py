@@ -12,6 +12,12 @@ Forward, X of shape (B, C, *S)::
 Defaults as the official code: r = 16, hidden width ``C // r`` (no rounding),
 biases on both layers, no BatchNorm. Placement in a ResNet: after the last BN of
 the residual branch, before the identity add.
+
+Speed: on contiguous float32/float64 CPU tensors the pooling and the product run
+in the native kernels of :mod:`convattn.layers.native` (one pass each; in
+training one autograd function whose backward is one more pass), the MLP in
+PyTorch (in eval, in the kernel library too). Traced, compiled and exported
+graphs, map captures and other tensors use the plain ops above.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels, spatial_mean, unsqueeze_spatial
+from ..layers import AttentionModule, hidden_channels, native, spatial_mean, unsqueeze_spatial
+from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
 
@@ -53,12 +60,25 @@ class SE(AttentionModule):
         self.fc1 = nn.Linear(channels, width)
         self.fc2 = nn.Linear(width, channels)
 
+    def gate_from_mean(self, z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
+        """s from the pooled vector z = GAP(X), (B, C)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(z))))
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights s, shape (B, C)."""
-        return torch.sigmoid(self.fc2(F.relu(self.fc1(spatial_mean(x)))))
+        return self.gate_from_mean(spatial_mean(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            return self._forward_native(x)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if wants_grad(x, params):
+            return gated(x, GateSpec(channel=self.gate_from_mean), params)[0]
+        z = native.pool_spatial(x)[0]
+        return native.scale(x, native.mlp2_sigmoid(z, None, *params), None)

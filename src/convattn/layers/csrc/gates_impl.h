@@ -1,0 +1,326 @@
+/* Kernel bodies for one element type; included by gates.c once per type with
+ * T (the element type), EXP (its exp function) and NAME(f) (f + type suffix)
+ * defined. See gates.c for the conventions. */
+
+/* max of n values, NaN ignored (the callers check for NaN through the sum). */
+static inline T NAME(row_max_impl)(const T *p, int64_t n) {
+    T m = p[0];
+    #pragma omp simd reduction(max:m)
+    for (int64_t i = 1; i < n; i++) m = p[i] > m ? p[i] : m;
+    return m;
+}
+#define row_max NAME(row_max_impl)
+
+/* mean (and max, first argmax, tie count) of every row over its S values. */
+void NAME(pool_spatial)(const T *x, int64_t rows, int64_t S, T *mean, T *mx,
+                        int64_t *idx, int32_t *cnt, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * S;
+        T s = 0, m = p[0];
+        if (mx) {
+            #pragma omp simd reduction(+:s) reduction(max:m)
+            for (int64_t i = 0; i < S; i++) { s += p[i]; m = p[i] > m ? p[i] : m; }
+        } else {
+            #pragma omp simd reduction(+:s)
+            for (int64_t i = 0; i < S; i++) s += p[i];
+        }
+        mean[r] = s / (T)S;
+        if (!mx) continue;
+        if (s != s) { /* a NaN somewhere (or inf - inf): torch.amax gives NaN if any */
+            for (int64_t i = 0; i < S; i++) if (p[i] != p[i]) { m = p[i]; break; }
+        }
+        mx[r] = m;
+        if (idx) {
+            int64_t first = -1; int32_t c = 0;
+            for (int64_t i = 0; i < S; i++) {
+                if (p[i] == m || (m != m && p[i] != p[i])) { if (first < 0) first = i; c++; }
+            }
+            idx[r] = first < 0 ? 0 : first; cnt[r] = c;
+        }
+    }
+}
+
+/* mean and max over channels of u = x * g[b, c] (g nullable: u = x), per (b, s).   */
+void NAME(pool_channel)(const T *x, const T *g, int64_t B, int64_t C, int64_t S,
+                        T *mean, T *mx, int64_t *idx, int32_t *cnt, int nth) {
+    int64_t nch = (S + SCHUNK - 1) / SCHUNK;
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t t = 0; t < B * nch; t++) {
+        int64_t b = t / nch, s0 = (t % nch) * SCHUNK, n = imin64(SCHUNK, S - s0);
+        T acc[SCHUNK], m[SCHUNK];
+        const T *xb = x + b * C * S + s0;
+        const T *gb = g ? g + b * C : NULL;
+        T g0 = gb ? gb[0] : (T)1;
+        for (int64_t i = 0; i < n; i++) { T u = xb[i] * g0; acc[i] = u; m[i] = u; }
+        int64_t c = 1;
+        for (; c + 4 <= C; c += 4) { /* four channels per sweep: fewer accumulator loads/stores */
+            const T *p0 = xb + c * S, *p1 = p0 + S, *p2 = p1 + S, *p3 = p2 + S;
+            T g0 = gb ? gb[c] : (T)1, g1 = gb ? gb[c + 1] : (T)1;
+            T g2 = gb ? gb[c + 2] : (T)1, g3 = gb ? gb[c + 3] : (T)1;
+            for (int64_t i = 0; i < n; i++) {
+                T u0 = p0[i] * g0, u1 = p1[i] * g1, u2 = p2[i] * g2, u3 = p3[i] * g3;
+                T a = u0 > u1 ? u0 : u1, b2 = u2 > u3 ? u2 : u3, mm = a > b2 ? a : b2;
+                acc[i] += (u0 + u1) + (u2 + u3);
+                m[i] = mm > m[i] ? mm : m[i];
+            }
+        }
+        for (; c < C; c++) {
+            const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
+            for (int64_t i = 0; i < n; i++) {
+                T u = p[i] * gc; acc[i] += u; m[i] = u > m[i] ? u : m[i];
+            }
+        }
+        T *mb = mean + b * S + s0;
+        for (int64_t i = 0; i < n; i++) mb[i] = acc[i] / (T)C;
+        if (!mx) continue;
+        T *xo = mx + b * S + s0;
+        for (int64_t i = 0; i < n; i++) {
+            if (acc[i] != acc[i]) { /* NaN somewhere in this column */
+                for (int64_t c = 0; c < C; c++) {
+                    T u = xb[c * S + i] * (gb ? gb[c] : (T)1);
+                    if (u != u) { m[i] = u; break; }
+                }
+            }
+            xo[i] = m[i];
+        }
+        if (!idx) continue;
+        int64_t *ib = idx + b * S + s0; int32_t *cb = cnt + b * S + s0;
+        for (int64_t i = 0; i < n; i++) { ib[i] = -1; cb[i] = 0; }
+        for (int64_t c = 0; c < C; c++) {
+            const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
+            for (int64_t i = 0; i < n; i++) {
+                T u = p[i] * gc;
+                if (u == m[i] || (m[i] != m[i] && u != u)) {
+                    if (ib[i] < 0) ib[i] = c;
+                    cb[i]++;
+                }
+            }
+        }
+        for (int64_t i = 0; i < n; i++) if (ib[i] < 0) ib[i] = 0;
+    }
+}
+
+/* out = x * gate, gate from gc (B, C) and gs (B, S), either nullable:              */
+/* mode 0: gc * gs; mode 1: gc + gs; mode 2: max(x gc, x gs) / x (scSE max merge).  */
+void NAME(scale)(const T *x, const T *gc, const T *gs, int64_t B, int64_t C,
+                 int64_t S, int mode, T *out, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < B * C; r++) {
+        const T *p = x + r * S; T *o = out + r * S;
+        const T *q = gs ? gs + (r / C) * S : NULL;
+        T a = gc ? gc[r] : (T)1;
+        if (!q) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a; }
+        else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a * q[i]; }
+        else if (mode == 1) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * (a + q[i]); }
+        else {
+            for (int64_t i = 0; i < S; i++) {
+                T u = p[i] * a, v = p[i] * q[i]; o[i] = (u >= v || u != u) ? u : v;
+            }
+        }
+    }
+}
+
+/* row[b, c] = sum_s a * b2 * w[b, s] (w nullable) and col[b, s] = sum_c a * b2 *   */
+/* g[b, c] (g nullable), either output nullable. mode 2 (scSE max merge): the terms */
+/* go to row where x gc >= x gs and to col otherwise (b2 = x, a = dy).              */
+/* part: scratch of B * nchunks * C for the row partial sums.                       */
+void NAME(dots)(const T *a, const T *b2, const T *w, const T *g, int64_t B, int64_t C,
+                int64_t S, int mode, T *row, T *col, T *part, int nth) {
+    int64_t nch = (S + SCHUNK - 1) / SCHUNK;
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t t = 0; t < B * nch; t++) {
+        int64_t bb = t / nch, s0 = (t % nch) * SCHUNK, n = imin64(SCHUNK, S - s0);
+        T cacc[SCHUNK];
+        for (int64_t i = 0; i < n; i++) cacc[i] = 0;
+        const T *wb = w ? w + bb * S + s0 : NULL;
+        T *pr = part + t * C;
+        for (int64_t c = 0; c < C; c++) {
+            const T *pa = a + (bb * C + c) * S + s0, *pb = b2 + (bb * C + c) * S + s0;
+            T gcv = g ? g[bb * C + c] : (T)1, racc = 0;
+            if (mode == 2) {
+                for (int64_t i = 0; i < n; i++) {
+                    T xv = pb[i], d = pa[i] * xv, u = xv * gcv, v = xv * wb[i];
+                    if (u >= v || u != u) racc += d; else cacc[i] += d;
+                }
+            } else if (wb) {
+                for (int64_t i = 0; i < n; i++) {
+                    T d = pa[i] * pb[i]; racc += d * wb[i]; cacc[i] += d * gcv;
+                }
+            } else {
+                for (int64_t i = 0; i < n; i++) {
+                    T d = pa[i] * pb[i]; racc += d; cacc[i] += d * gcv;
+                }
+            }
+            pr[c] = racc;
+        }
+        if (col) { T *cb = col + bb * S + s0; for (int64_t i = 0; i < n; i++) cb[i] = cacc[i]; }
+    }
+    if (row) {
+        #pragma omp parallel for num_threads(nth) schedule(static)
+        for (int64_t r = 0; r < B * C; r++) {
+            int64_t bb = r / C, c = r % C; T s = 0;
+            for (int64_t k = 0; k < nch; k++) s += part[(bb * nch + k) * C + c];
+            row[r] = s;
+        }
+    }
+}
+
+/* The input gradient of a gated output, one pass:                                 */
+/* dx = dy * G + u[b,c] * v[b,s] + rc[b,c] + rs[b,s]                                */
+/* G from gc, gs and mode as in scale_ (mode 2 needs x); u, v, rc, rs nullable     */
+/* (u and v together).                                                              */
+void NAME(grad_input)(const T *dy, const T *x, const T *gc, const T *gs, int64_t B,
+                      int64_t C, int64_t S, int mode, const T *u, const T *v,
+                      const T *rc, const T *rs, T *dx, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < B * C; r++) {
+        int64_t bb = r / C;
+        const T *d = dy + r * S; T *o = dx + r * S;
+        const T *q = gs ? gs + bb * S : NULL;
+        const T *vv = v ? v + bb * S : NULL;
+        const T *ss = rs ? rs + bb * S : NULL;
+        T a = gc ? gc[r] : (T)1, uu = u ? u[r] : (T)0, cc = rc ? rc[r] : (T)0;
+        if (mode == 2) {
+            const T *p = x + r * S;
+            for (int64_t i = 0; i < S; i++) {
+                T uu1 = p[i] * a, vv1 = p[i] * q[i];
+                o[i] = d[i] * ((uu1 >= vv1 || uu1 != uu1) ? a : q[i]) + cc;
+            }
+        } else if (!q) { for (int64_t i = 0; i < S; i++) o[i] = d[i] * a + cc; }
+        else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = d[i] * a * q[i] + cc; }
+        else { for (int64_t i = 0; i < S; i++) o[i] = d[i] * (a + q[i]) + cc; }
+        if (vv) for (int64_t i = 0; i < S; i++) o[i] += uu * vv[i];
+        if (ss) for (int64_t i = 0; i < S; i++) o[i] += ss[i];
+    }
+}
+
+/* SimAM, per row: mu = mean, v = sum (x - mu)^2 / (S - 1), a = 1 / (4 (v + lam)), */
+/* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read once.          */
+void NAME(simam_fwd)(const T *x, int64_t rows, int64_t S, T lam, T *out, T *aout,
+                     int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * S; T *o = out + r * S;
+        T s = 0; for (int64_t i = 0; i < S; i++) s += p[i];
+        T mu = s / (T)S, q = 0;
+        for (int64_t i = 0; i < S; i++) { T d = p[i] - mu; q += d * d; }
+        T a = (T)1 / ((T)4 * (q / (T)(S - 1) + lam));
+        for (int64_t i = 0; i < S; i++) {
+            T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP(-(a * d * d + (T)0.5)));
+        }
+        if (aout) aout[r] = a;
+    }
+}
+
+/* SimAM backward, per row. With d = x - mu, e = a d^2 + 1/2, g = sigmoid(e),      */
+/* y = x g: dL/de = dy x g (1 - g) = t; e depends on x through d and a:            */
+/* dx = dy g + 2 a t d - 2 a mean(t d)... written out in the Python docstring.     */
+void NAME(simam_bwd)(const T *dy, const T *x, int64_t rows, int64_t S, T lam,
+                     const T *ain, T *dx, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * S, *d = dy + r * S; T *o = dx + r * S;
+        T s = 0; for (int64_t i = 0; i < S; i++) s += p[i];
+        T mu = s / (T)S, a = ain[r];
+        T st = 0, std2 = 0;
+        for (int64_t i = 0; i < S; i++) {
+            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP(-(a * dd * dd + (T)0.5)));
+            T t = d[i] * p[i] * g * ((T)1 - g);
+            o[i] = t; st += t * dd; std2 += t * dd * dd;
+        }
+        /* da/dv = -4 a^2; dv/dx_i = 2 (x_i - mu) / (S - 1) */
+        T kv = std2 * ((T)-4 * a * a) * (T)2 / (T)(S - 1);
+        T mt = st / (T)S;
+        for (int64_t i = 0; i < S; i++) {
+            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP(-(a * dd * dd + (T)0.5)));
+            T t = o[i];
+            o[i] = d[i] * g + (T)2 * a * (t * dd - mt) + kv * dd;
+        }
+    }
+}
+
+/* Eval-only gate networks on pooled (B, C) vectors.
+ * mlp2: out = sigmoid(MLP(za) [+ MLP(zm)]), MLP(z) = W2 relu(W1 z + b1) + b2. */
+void NAME(mlp2_sigmoid)(const T *za, const T *zm, int64_t B, int64_t C, int64_t H,
+                        const T *w1, const T *b1, const T *w2, const T *b2, T *out) {
+    T hbuf[256];
+    for (int64_t bb = 0; bb < B; bb++) {
+        T *o = out + bb * C;
+        for (int64_t c = 0; c < C; c++) o[c] = 0;
+        for (int pass = 0; pass < (zm ? 2 : 1); pass++) {
+            const T *z = (pass ? zm : za) + bb * C;
+            for (int64_t h0 = 0; h0 < H; h0 += 256) {
+                int64_t nh = imin64(256, H - h0);
+                for (int64_t h = 0; h < nh; h++) {
+                    const T *wr = w1 + (h0 + h) * C; T s = 0;
+                    for (int64_t c = 0; c < C; c++) s += wr[c] * z[c];
+                    s += b1 ? b1[h0 + h] : (T)0;
+                    hbuf[h] = s > 0 ? s : (T)0;
+                }
+                for (int64_t c = 0; c < C; c++) {
+                    const T *wr = w2 + c * H + h0; T s = 0;
+                    for (int64_t h = 0; h < nh; h++) s += wr[h] * hbuf[h];
+                    o[c] += s;
+                }
+            }
+            if (b2) for (int64_t c = 0; c < C; c++) o[c] += b2[c];
+        }
+        for (int64_t c = 0; c < C; c++) o[c] = (T)1 / ((T)1 + EXP(-o[c]));
+    }
+}
+
+/* conv1d over channels (ECA): out = sigmoid(sum_j w[j] z[c + j - pad] + bias),
+ * zero padding, one input and one output channel. */
+void NAME(conv1d_sigmoid)(const T *z, int64_t B, int64_t C, int64_t k, int64_t pad,
+                          const T *w, const T *bias, T *out) {
+    for (int64_t bb = 0; bb < B; bb++) {
+        const T *zb = z + bb * C; T *o = out + bb * C;
+        for (int64_t c = 0; c < C; c++) {
+            T s = 0;
+            for (int64_t j = 0; j < k; j++) {
+                int64_t i = c + j - pad;
+                if (i >= 0 && i < C) s += w[j] * zb[i];
+            }
+            s += bias ? bias[0] : (T)0;
+            o[c] = (T)1 / ((T)1 + EXP(-s));
+        }
+    }
+}
+
+/* CBAM's spatial gate in eval, 2-D: out = sigmoid(scale * conv(p) + shift) with
+ * p = (B, I, H, W) (I small, e.g. the [max; mean] maps), one output channel, a
+ * k x k kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). The BN of the
+ * gate in eval and a conv bias fold into scale and shift. */
+void NAME(conv2d_gate)(const T *p, int64_t B, int64_t I, int64_t H, int64_t W,
+                       const T *w, int64_t k, T scale, T shift, T *out, int nth) {
+    /* Each sample's I planes are copied into zero-padded planes of width
+     * Wp = W + 2 pad; every tap (i, dy, dx) is then one long contiguous
+     * multiply-add over the flattened H x Wp output (the pad columns compute
+     * values that are thrown away), which vectorises well even for small W. */
+    int64_t pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad, n = H * Wp;
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        T *pin = (T *)calloc((size_t)(I * Hp * Wp + 2 * pad), sizeof(T));
+        T *acc = (T *)calloc((size_t)n, sizeof(T));
+        if (!pin || !acc) { free(pin); free(acc); continue; } /* out left as is: checked by the caller */
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t y = 0; y < H; y++)
+                memcpy(pin + (i * Hp + y + pad) * Wp + pad, p + ((b * I + i) * H + y) * W, (size_t)W * sizeof(T));
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t dy = 0; dy < k; dy++)
+                for (int64_t dx = 0; dx < k; dx++) {
+                    T wv = w[(i * k + dy) * k + dx];
+                    const T *src = pin + (i * Hp + dy) * Wp + dx;
+                    for (int64_t j = 0; j < n; j++) acc[j] += wv * src[j];
+                }
+        T *o = out + b * H * W;
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++)
+                o[y * W + x] = (T)1 / ((T)1 + EXP(-(scale * acc[y * Wp + x] + shift)));
+        free(pin);
+        free(acc);
+    }
+}
+
+#undef row_max

@@ -1,0 +1,279 @@
+"""One autograd function for the pooled-gate family, on the native kernels.
+
+Many gating modules share one shape of computation::
+
+    gc = f_c(GAP X, GMP X)                      (B, C)     channel gate (SE, ECA, CBAM, scSE)
+    U  = X * gc   (sequential, CBAM)  or  X      (parallel)
+    gs = f_s(max_c U, mean_c U)                 (B, *S)    CBAM-style spatial gate
+      or f_s(w . X)                             (B, *S)    sSE-style (1x1 conv C -> 1)
+    Y  = X * G(gc, gs)                          G = gc gs, gc + gs, or max(X gc, X gs) / X
+
+``gated(x, spec, params)`` computes Y with the full-size passes in native
+kernels (see :mod:`convattn.layers.native`) and the small gate networks f_c, f_s
+in ordinary PyTorch. In training it is one ``torch.autograd.Function``: the
+forward keeps X, the small gates and the pooling arg-maxes; the backward
+differentiates f_c and f_s with autograd on their small inputs and assembles the
+input gradient in one pass::
+
+    dL/dX = dY * G + gc[c] dL/dmean_c[s] / C + dL/dGAP[c] / S   (+ w[c] dL/dlogit[s] for sSE)
+            + the max-pool terms at the arg-max positions (split evenly over ties, as torch.amax)
+
+Every module using it also has a plain PyTorch path (``impl="plain"`` or when the
+kernels are unusable); the tests compare the two in float64, values and gradients.
+Double backward is not supported through the fused path (use ``impl="plain"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import native
+
+#: G(gc, gs) variants, the kernels' ``mode`` argument
+PRODUCT, SUM, MAX = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """What a fused gate computes (see the module docstring).
+
+    channel: ``f_c(avg, max) -> gc`` (B, C); ``max`` is None unless ``channel_max``.
+    spatial: for ``spatial_kind="maxmean"`` ``f_s(max_c U, mean_c U) -> gs`` with
+        maps and result of shape (B, *S); for ``"linear"`` ``f_s(w . X) -> gs`` with
+        the (B, *S) logits (without bias) as input.
+    linear_index: position in ``params`` of the (C,) weight w for ``"linear"``.
+    """
+
+    channel: Callable | None = None
+    channel_max: bool = False
+    spatial: Callable | None = None
+    spatial_kind: str = "maxmean"
+    sequential: bool = False
+    mode: int = PRODUCT
+    linear_index: int = -1
+
+
+def _max_grad_spatial(dx, x, mx, idx, cnt, g, factor=None):
+    """dx (B, C, S) += g / cnt at every position where the row max is reached (in place)."""
+    B, C = g.shape
+    flat = dx.view(B * C, -1)
+    val = (g / cnt.to(g.dtype)).reshape(-1, 1)
+    flat.scatter_add_(1, idx.reshape(-1, 1), val)
+    ties = (cnt > 1).reshape(-1)
+    if bool(ties.any()):
+        rows = ties.nonzero().squeeze(1)
+        xr = x.reshape(B * C, -1)[rows]
+        mask = (xr == mx.reshape(-1, 1)[rows]) | (xr.isnan() & mx.reshape(-1, 1)[rows].isnan())
+        mask.scatter_(1, idx.reshape(-1, 1)[rows], False)  # the first one is added above
+        flat[rows] += mask.to(dx.dtype) * val[rows]
+
+
+def _max_grad_channel(dx, x, gc, mx, idx, cnt, g):
+    """dx (B, C, S) += the gradient of max_c (x * gc) (B, S) given dL/dmax = g (in place)."""
+    B, C = dx.shape[:2]
+    S = mx.shape[1]
+    gv = g / cnt.to(g.dtype)  # (B, S)
+    i3 = idx.view(B, 1, S)
+    if gc is not None:
+        dx.view(B, C, S).scatter_add_(1, i3, (gc.gather(1, idx) * gv).view(B, 1, S))
+    else:
+        dx.view(B, C, S).scatter_add_(1, i3, gv.view(B, 1, S))
+    ties = cnt > 1
+    if bool(ties.any()):
+        u = x.view(B, C, S) * (gc.unsqueeze(-1) if gc is not None else 1)
+        mask = (u == mx.unsqueeze(1)) & ties.unsqueeze(1)
+        mask.scatter_(1, i3, False)
+        m = mask.to(dx.dtype) * gv.unsqueeze(1)
+        if gc is not None:
+            dx.view(B, C, S).add_(m * gc.unsqueeze(-1))
+        else:
+            dx.view(B, C, S).add_(m)
+
+
+def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().requires_grad_(True)
+
+
+class _GatedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, spec: GateSpec, out: dict, *params):  # type: ignore[override]
+        B, C = x.shape[:2]
+        sp = x.shape[2:]
+        S = math.prod(sp)
+        ctx.spec = spec
+        gc = gs = None
+        with torch.enable_grad():
+            if spec.channel is not None:
+                avg, mx, idx_c, cnt_c = native.pool_spatial(x, spec.channel_max, spec.channel_max)
+                avg_l, mx_l = _leaf(avg), _leaf(mx)
+                gc_graph = spec.channel(avg_l, mx_l)
+                gc = gc_graph.detach()
+                ctx.channel = (avg_l, mx_l, gc_graph, mx, idx_c, cnt_c)
+            if spec.spatial is not None:
+                if spec.spatial_kind == "maxmean":
+                    pmean, pmax, pidx, pcnt = native.pool_channel(
+                        x, gc if spec.sequential else None, True, True
+                    )
+                    pmax_l, pmean_l = _leaf(pmax.view(B, *sp)), _leaf(pmean.view(B, *sp))
+                    gs_graph = spec.spatial(pmax_l, pmean_l)
+                    ctx.spatial = (pmax_l, pmean_l, gs_graph, pmax, pidx, pcnt)
+                else:
+                    w = params[spec.linear_index].detach().reshape(1, 1, C).to(x.dtype)
+                    logit = torch.bmm(w.expand(B, 1, C), x.view(B, C, S)).view(B, *sp)
+                    logit_l = _leaf(logit)
+                    gs_graph = spec.spatial(logit_l)
+                    ctx.spatial = (logit_l, gs_graph)
+                gs = gs_graph.detach().reshape(B, S)
+        y = native.scale(x, gc, gs, spec.mode)
+        out["channel"] = gc
+        out["spatial"] = None if gs is None else gs.view(B, *sp)
+        ctx.n_params = len(params)
+        ctx.params = params
+        ctx.save_for_backward(x, gc if gc is not None else x.new_empty(0), gs if gs is not None else x.new_empty(0))
+        ctx.has = (gc is not None, gs is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, gc, gs = ctx.saved_tensors
+        gc = gc if ctx.has[0] else None
+        gs = gs if ctx.has[1] else None
+        spec: GateSpec = ctx.spec
+        params = ctx.params
+        B, C = x.shape[:2]
+        S = x.numel() // (B * C)
+        dy = dy.contiguous()
+        pgrads: list[torch.Tensor | None] = [None] * len(params)
+
+        def add_param_grads(grads):
+            for i, gr in enumerate(grads):
+                if gr is not None:
+                    pgrads[i] = gr if pgrads[i] is None else pgrads[i] + gr
+
+        # dL/dgc (B, C) and dL/dgs (B, S) of Y = X * G(gc, gs)
+        if spec.mode == PRODUCT:
+            w_row, g_col = gs, gc
+        elif spec.mode == SUM:
+            w_row, g_col = None, None
+        else:
+            w_row, g_col = gs, gc
+        g_gc, g_gs = native.dots(dy, x, w_row, g_col, spec.mode, gc is not None, gs is not None)
+
+        u = v = rc = rs = None
+        spatial_max = None
+        if gs is not None:
+            if spec.spatial_kind == "maxmean":
+                pmax_l, pmean_l, gs_graph, pmax, pidx, pcnt = ctx.spatial
+                grads = torch.autograd.grad(
+                    gs_graph, (pmax_l, pmean_l, *params), g_gs.view_as(gs_graph), allow_unused=True, retain_graph=True
+                )
+                g_pmax, g_pmean = grads[0].reshape(B, S), grads[1].reshape(B, S)
+                add_param_grads(grads[2:])
+                if spec.sequential:
+                    # mean_c (X gc): d/dX = gc[c] g_pmean[s] / C ; d/dgc[c] = sum_s X g_pmean / C
+                    u, v = gc, g_pmean / C
+                    g_gc = g_gc + torch.bmm(x.view(B, C, S), v.unsqueeze(-1)).squeeze(-1)
+                else:
+                    rs = g_pmean / C
+                spatial_max = (pmax, pidx, pcnt, g_pmax)
+            else:
+                logit_l, gs_graph = ctx.spatial
+                grads = torch.autograd.grad(
+                    gs_graph, (logit_l, *params), g_gs.view_as(gs_graph), allow_unused=True, retain_graph=True
+                )
+                g_logit = grads[0].reshape(B, S)
+                add_param_grads(grads[1:])
+                w = params[spec.linear_index].detach()
+                u, v = w.reshape(1, C).to(x.dtype).expand(B, C), g_logit
+                g_w = torch.bmm(x.view(B, C, S), g_logit.unsqueeze(-1)).sum(0).reshape(w.shape)
+                add_param_grads([None] * spec.linear_index + [g_w.to(w.dtype)])
+        channel_max = None
+        if gc is not None:
+            avg_l, mx_l, gc_graph, cmx, idx_c, cnt_c = ctx.channel
+            if spatial_max is not None and spec.sequential:
+                # max_c (X gc) depends on gc too: complete dL/dgc before f_c's backward
+                _add_channel_max_gc(x, gc, spatial_max, g_gc)
+            inputs = (avg_l,) + ((mx_l,) if mx_l is not None else ()) + tuple(params)
+            grads = torch.autograd.grad(gc_graph, inputs, g_gc, allow_unused=True, retain_graph=True)
+            g_avg = grads[0]
+            k = 1
+            if mx_l is not None:
+                channel_max = (cmx, idx_c, cnt_c, grads[1])
+                k = 2
+            add_param_grads(grads[k:])
+            rc = None if g_avg is None else g_avg / S
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = native.grad_input(dy, x, gc, gs, spec.mode, u, v, rc, rs)
+            if spatial_max is not None:
+                pmax, pidx, pcnt, g_pmax = spatial_max
+                _max_grad_channel(dx, x, gc if spec.sequential else None, pmax, pidx, pcnt, g_pmax)
+            if channel_max is not None:
+                cmx, idx_c, cnt_c, g_mx = channel_max
+                _max_grad_spatial(dx, x, cmx, idx_c, cnt_c, g_mx)
+        return (dx, None, None, *pgrads)
+
+
+def _add_channel_max_gc(x, gc, spatial_max, g_gc):
+    """g_gc += d max_c(X gc) / d gc, contracted with dL/dmax."""
+    pmax, pidx, pcnt, g_pmax = spatial_max
+    B, C = gc.shape
+    S = pmax.shape[1]
+    gv = g_pmax / pcnt.to(g_pmax.dtype)
+    xs = x.view(B, C, S).gather(1, pidx.view(B, 1, S)).view(B, S)
+    g_gc.scatter_add_(1, pidx, xs * gv)
+    ties = pcnt > 1
+    if bool(ties.any()):
+        u = x.view(B, C, S) * gc.unsqueeze(-1)
+        mask = (u == pmax.unsqueeze(1)) & ties.unsqueeze(1)
+        mask.scatter_(1, pidx.view(B, 1, S), False)
+        g_gc.add_((mask.to(x.dtype) * gv.unsqueeze(1) * x.view(B, C, S)).sum(-1))
+
+
+def wants_grad(x: torch.Tensor, params) -> bool:
+    """Whether autograd records this call (then :func:`gated` uses the autograd function)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
+def fast_ok(module, x: torch.Tensor) -> bool:
+    """The native path applies: usable tensors and no map capture active on ``module``.
+
+    Under :func:`convattn.capture_maps` modules take their plain path, so recorded
+    maps can stay in the autograd graph (``detach=False``).
+    """
+    return getattr(module, "_map_sink", None) is None and native.usable(x)
+
+
+def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]):
+    """Y and the applied gates ``{"channel": gc (B, C) or None, "spatial": gs (B, *S) or None}``.
+
+    The caller checks :func:`convattn.layers.native.usable` first. With autograd
+    recording, runs as one autograd function; otherwise computes the same
+    forward without keeping anything.
+    """
+    out: dict = {}
+    if wants_grad(x, params):
+        y = _GatedFn.apply(x, spec, out, *params)
+        return y, out
+    with torch.no_grad():
+        B, C = x.shape[:2]
+        sp = x.shape[2:]
+        S = math.prod(sp)
+        gc = gs = None
+        if spec.channel is not None:
+            avg, mx, _, _ = native.pool_spatial(x, spec.channel_max)
+            gc = spec.channel(avg, mx)
+        if spec.spatial is not None:
+            if spec.spatial_kind == "maxmean":
+                pmean, pmax, _, _ = native.pool_channel(x, gc if spec.sequential else None, True)
+                gs = spec.spatial(pmax.view(B, *sp), pmean.view(B, *sp))
+            else:
+                w = params[spec.linear_index].reshape(1, 1, C).to(x.dtype)
+                gs = spec.spatial(torch.bmm(w.expand(B, 1, C), x.view(B, C, S)).view(B, *sp))
+        y = native.scale(x, gc, None if gs is None else gs.reshape(B, S), spec.mode)
+    return y, {"channel": gc, "spatial": gs}

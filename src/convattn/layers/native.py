@@ -1,0 +1,391 @@
+"""Native CPU kernels for the gating modules: build on first use, call through ctypes.
+
+The kernels (``csrc/gates.c``, plain C + OpenMP) fuse the passes a gate makes
+over the full-size activation: pooling, gating, and the input gradient, one pass
+each, on contiguous float32 / float64 CPU tensors. Everything small (MLPs, convs
+on pooled maps, BatchNorm) stays in PyTorch, so autograd still differentiates it.
+
+Building: the first call compiles the source with the system C compiler
+(``$CC``, else ``cc``/``gcc``/``clang``; about a second) into a per-machine cache
+directory (``$CONVATTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/convattn`` or
+``~/.cache/convattn``), keyed by the source, the compiler and the CPU, and
+loads it. If no compiler is found or the build fails, a warning is issued once
+and every module uses its plain PyTorch path (same results). Set
+``CONVATTN_NATIVE=0`` to disable the kernels.
+
+When the kernels are *not* used, whatever the tensors: tracing, scripting,
+``torch.compile``/``torch.export``/ONNX export (exported graphs contain only
+standard ops), an active ``TorchDispatchMode`` or ``TorchFunctionMode`` (e.g.
+``FlopCounterMode``, fake tensors), tensor subclasses, non-CPU devices, other
+dtypes, and non-contiguous (e.g. channels-last) inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "gates.c"
+SOURCES = (SOURCE, SOURCE.with_name("gates_impl.h"))
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp",
+    "-fPIC",
+    "-shared",
+    "-fno-math-errno",
+    # vectorised sum reductions (partial sums in SIMD lanes); keeps NaN/inf semantics
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+)
+ABI_VERSION = 1
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_error: str | None = None
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+#: argument signatures (after the dtype suffix is added)
+_SIGNATURES = {
+    "pool_spatial": [_P, _I, _I, _P, _P, _P, _P, ctypes.c_int],
+    "pool_channel": [_P, _P, _I, _I, _I, _P, _P, _P, _P, ctypes.c_int],
+    "scale": [_P, _P, _P, _I, _I, _I, ctypes.c_int, _P, ctypes.c_int],
+    "dots": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int, _P, _P, _P, ctypes.c_int],
+    "grad_input": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P, ctypes.c_int],
+    "simam_fwd": [_P, _I, _I, None, _P, _P, ctypes.c_int],
+    "simam_bwd": [_P, _P, _I, _I, None, _P, _P, ctypes.c_int],
+    "mlp2_sigmoid": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P],
+    "conv1d_sigmoid": [_P, _I, _I, _I, _I, _P, _P, _P],
+    "conv2d_gate": [_P, _I, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
+}
+_SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+
+
+_off_depth = 0
+
+
+def enabled() -> bool:
+    """False when ``CONVATTN_NATIVE`` is set to 0/false/no/off, or inside :func:`disabled`."""
+    if _off_depth:
+        return False
+    return os.environ.get("CONVATTN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the plain PyTorch paths inside this block (tests, benchmarks, debugging)."""
+    global _off_depth
+    _off_depth += 1
+    try:
+        yield
+    finally:
+        _off_depth -= 1
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CONVATTN_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "convattn"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_key() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(cc: str) -> Path:
+    src = b"".join(p.read_bytes() for p in SOURCES)
+    key = hashlib.sha256(
+        src + " ".join(FLAGS).encode() + cc.encode() + _cpu_key().encode() + sys.platform.encode()
+    ).hexdigest()[:16]
+    out = cache_dir() / "native" / key / "gates.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{Path(cc).name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        os.replace(tmp, out)  # atomic: concurrent builders (test workers) never see half a file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried, _error
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        cc = _compiler()
+        if cc is None:
+            _error = "no C compiler found (set CC)"
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build(cc)))
+                lib.convattn_schunk.restype = ctypes.c_longlong
+                if lib.convattn_abi_version() != ABI_VERSION:
+                    raise RuntimeError("stale kernel library")
+                for base, argtypes in _SIGNATURES.items():
+                    for suffix, real in _SUFFIX.values():
+                        fn = getattr(lib, f"{base}_{suffix}")
+                        fn.argtypes = [real if a is None else a for a in argtypes]
+                        fn.restype = None
+                _lib = lib
+            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+                _error = f"{type(exc).__name__}: {exc}"
+        if _lib is None:
+            warnings.warn(
+                f"convattn: native CPU kernels unavailable ({_error}); using the plain PyTorch paths "
+                "(same results, slower). Set CONVATTN_NATIVE=0 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _lib
+
+
+def available() -> bool:
+    """Whether the kernels are enabled and built (builds them on the first call)."""
+    return enabled() and _load() is not None
+
+
+def status() -> str:
+    """A one-line description for reports: 'on', 'off (reason)'."""
+    if not enabled():
+        return "off (CONVATTN_NATIVE=0)"
+    return "on" if _load() is not None else f"off ({_error})"
+
+
+def _graph_capture() -> bool:
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    if torch.compiler.is_compiling():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
+        return True
+    return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True when the kernels may run on ``x`` (see the module docstring)."""
+    if type(x) is not torch.Tensor or _graph_capture():
+        return False
+    if x.device.type != "cpu" or x.dtype not in _SUFFIX or x.dim() < 2 or not x.is_contiguous():
+        return False
+    if x.numel() == 0 or not enabled():
+        return False
+    return _load() is not None
+
+
+def _fn(name: str, dtype: torch.dtype):
+    return getattr(_lib, f"{name}_{_SUFFIX[dtype][0]}")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _small(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A small operand as a contiguous tensor of ``dtype`` (no copy when it already is)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t.contiguous()
+
+
+# --------------------------------------------------------------------------- wrappers
+# Every wrapper takes x of shape (B, C, *S) (contiguous, float32/64, CPU) and small
+# operands of shape (B, C) or (B, S) in any layout; returns new tensors.
+
+
+def pool_spatial(x: torch.Tensor, want_max: bool = False, want_index: bool = False):
+    """(mean, max, first argmax, tie count) over the spatial dims, each (B, C); unused -> None."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    mean = x.new_empty((B, C))
+    mx = x.new_empty((B, C)) if want_max else None
+    idx = torch.empty((B, C), dtype=torch.int64) if want_index else None
+    cnt = torch.empty((B, C), dtype=torch.int32) if want_index else None
+    _fn("pool_spatial", x.dtype)(
+        x.data_ptr(), B * C, S, mean.data_ptr(), _ptr(mx), _ptr(idx), _ptr(cnt), _threads()
+    )
+    return mean, mx, idx, cnt
+
+
+def pool_channel(
+    x: torch.Tensor, gate: torch.Tensor | None = None, want_max: bool = True, want_index: bool = False
+):
+    """mean_c and max_c of ``x * gate[:, :, None]`` (gate (B, C) or None): (B, S) each, plus argmax/count."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    g = _small(gate, x.dtype)
+    mean = x.new_empty((B, S))
+    mx = x.new_empty((B, S)) if want_max else None
+    idx = torch.empty((B, S), dtype=torch.int64) if want_index else None
+    cnt = torch.empty((B, S), dtype=torch.int32) if want_index else None
+    _fn("pool_channel", x.dtype)(
+        x.data_ptr(), _ptr(g), B, C, S, mean.data_ptr(), _ptr(mx), _ptr(idx), _ptr(cnt), _threads()
+    )
+    return mean, mx, idx, cnt
+
+
+def scale(x: torch.Tensor, gc: torch.Tensor | None, gs: torch.Tensor | None, mode: int = 0) -> torch.Tensor:
+    """``x * G``: G = gc * gs (mode 0), gc + gs (1); mode 2 is max(x gc, x gs). gc (B, C), gs (B, S)."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    gc, gs = _small(gc, x.dtype), _small(gs, x.dtype)
+    out = torch.empty_like(x)
+    _fn("scale", x.dtype)(x.data_ptr(), _ptr(gc), _ptr(gs), B, C, S, mode, out.data_ptr(), _threads())
+    return out
+
+
+def dots(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor | None,
+    g: torch.Tensor | None,
+    mode: int = 0,
+    want_row: bool = True,
+    want_col: bool = True,
+):
+    """row = sum_s dy x w[b, s] (B, C) and col = sum_c dy x g[b, c] (B, S); w, g may be None (= 1).
+
+    mode 2 (scSE max merge): each term goes to row where x g >= x w, else to col.
+    """
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    w, g = _small(w, x.dtype), _small(g, x.dtype)
+    dy = dy.contiguous()
+    nch = -(-S // _lib.convattn_schunk())
+    row = x.new_empty((B, C)) if want_row else None
+    col = x.new_empty((B, S)) if want_col else None
+    part = x.new_empty((B * nch, C))
+    _fn("dots", x.dtype)(
+        dy.data_ptr(), x.data_ptr(), _ptr(w), _ptr(g), B, C, S, mode, _ptr(row), _ptr(col),
+        part.data_ptr(), _threads(),
+    )
+    return row, col
+
+
+def grad_input(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    gc: torch.Tensor | None,
+    gs: torch.Tensor | None,
+    mode: int = 0,
+    u: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    rc: torch.Tensor | None = None,
+    rs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dy * G + u[b, c] v[b, s] + rc[b, c] + rs[b, s]`` in one pass (G as in :func:`scale`)."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    dt = x.dtype
+    gc, gs, u, v, rc, rs = (_small(t, dt) for t in (gc, gs, u, v, rc, rs))
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    _fn("grad_input", dt)(
+        dy.data_ptr(), x.data_ptr(), _ptr(gc), _ptr(gs), B, C, S, mode, _ptr(u), _ptr(v), _ptr(rc),
+        _ptr(rs), dx.data_ptr(), _threads(),
+    )
+    return dx
+
+
+def simam_forward(x: torch.Tensor, e_lambda: float, want_a: bool = False):
+    """SimAM's output and (optionally) a = 1 / (4 (var + lambda)) per (b, c)."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    out = torch.empty_like(x)
+    a = x.new_empty((B, C)) if want_a else None
+    _fn("simam_fwd", x.dtype)(x.data_ptr(), B * C, S, e_lambda, out.data_ptr(), _ptr(a), _threads())
+    return out, a
+
+
+def simam_backward(dy: torch.Tensor, x: torch.Tensor, e_lambda: float, a: torch.Tensor) -> torch.Tensor:
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    dy = dy.contiguous()
+    dx = torch.empty_like(x)
+    _fn("simam_bwd", x.dtype)(
+        dy.data_ptr(), x.data_ptr(), B * C, S, e_lambda, a.data_ptr(), dx.data_ptr(), _threads()
+    )
+    return dx
+
+
+def mlp2_sigmoid(za, zm, w1, b1, w2, b2) -> torch.Tensor:
+    """``sigmoid(MLP(za) [+ MLP(zm)])`` for (B, C) inputs; no autograd (eval only)."""
+    dt = za.dtype
+    B, C = za.shape
+    H = w1.shape[0]
+    za, zm, w1, b1, w2, b2 = (_small(t, dt) for t in (za, zm, w1, b1, w2, b2))
+    out = za.new_empty((B, C))
+    _fn("mlp2_sigmoid", dt)(
+        za.data_ptr(), _ptr(zm), B, C, H, w1.data_ptr(), _ptr(b1), w2.data_ptr(), _ptr(b2), out.data_ptr()
+    )
+    return out
+
+
+def conv1d_sigmoid(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+    """``sigmoid(conv1d(z[:, None], weight) + bias)`` over channels, z (B, C), weight (k,); eval only."""
+    dt = z.dtype
+    B, C = z.shape
+    z, weight, bias = (_small(t, dt) for t in (z, weight, bias))
+    out = z.new_empty((B, C))
+    _fn("conv1d_sigmoid", dt)(z.data_ptr(), B, C, weight.numel(), padding, weight.data_ptr(), _ptr(bias), out.data_ptr())
+    return out
+
+
+def conv2d_gate(p: torch.Tensor, weight: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """``sigmoid(scale * conv2d(p, weight, padding=k // 2) + shift)``, p (B, I, H, W), weight (1, I, k, k).
+
+    One output channel, stride 1, odd k; eval only. Returns (B, H, W).
+    """
+    B, I, H, W = p.shape
+    k = weight.shape[-1]
+    p, weight = _small(p, p.dtype), _small(weight, p.dtype)
+    out = p.new_empty((B, H, W))
+    _fn("conv2d_gate", p.dtype)(p.data_ptr(), B, I, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads())
+    return out
