@@ -55,7 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, batch_norm_nd, conv_nd, hidden_channels, native, unsqueeze_spatial
+from ..layers import (
+    AttentionModule,
+    batch_norm_nd,
+    conv_nd,
+    hidden_channels,
+    native,
+    unsqueeze_spatial,
+)
 from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
 from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register

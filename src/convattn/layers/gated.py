@@ -26,8 +26,8 @@ Double backward is not supported through the fused path (use ``impl="plain"``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
