@@ -30,7 +30,9 @@ Recorded maps: ``"height"`` (B, C, H) = g^h, ``"width"`` (B, C, W) = g^w and
 ``"spatial"`` (B, H, W) = mean_C (g^h ⊗ g^w), the channel mean of the separable
 per-element gate (a summary for display; the real gate is per channel).
 
-Speed: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
+Speed: on contiguous float32/float64 CPU tensors the native kernels of
+:mod:`convattn.layers.native` do the strip pooling, the product and the
+backward in one pass each (``_CoordNative``). Otherwise: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
 autograd two small custom functions replace the generic graph: the strip
 pooling's backward writes dX in one pass, and the gate application keeps only X
 and computes dg^h, dg^w as batched matrix products over g X. While tracing,
@@ -40,9 +42,11 @@ scripting or compiling, only standard ops are used.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels
+from ..layers import AttentionModule, hidden_channels, native
+from ..layers.gated import fast_ok, wants_grad
 from ..registry import register
 
 
@@ -86,6 +90,41 @@ class _CoordApply(torch.autograd.Function):
         dg_h = torch.bmm(gx, g_w.reshape(B * C, W, 1)).view(B, C, H, 1)
         dg_w = torch.bmm(g_h.reshape(B * C, 1, H), gx).view(B, C, 1, W)
         return dx, dg_h, dg_w
+
+
+class _CoordNative(torch.autograd.Function):
+    """Y = X * g^h * g^w on the native kernels, the gate network in autograd.
+
+    Forward: one pass for both strip poolings, the gate network on the (B, C, H + W)
+    strips (built with autograd on detached strips), one pass for Y. Backward: one
+    pass for dL/dg^h and dL/dg^w, autograd through the gate network to the strips,
+    one pass for dX = dY g^h g^w + dL/dz^h / W + dL/dz^w / H.
+    """
+
+    @staticmethod
+    def forward(ctx, x, module, *params):  # type: ignore[override]
+        z_h, z_w = native.coord_pool(x)
+        with torch.enable_grad():
+            zh_l, zw_l = z_h.requires_grad_(), z_w.requires_grad_()
+            g_h, g_w = module.gates_from_strips(zh_l, zw_l)
+        ctx.graph = (zh_l, zw_l, g_h, g_w)
+        ctx.params = params
+        gh, gw = g_h.detach(), g_w.detach()
+        ctx.save_for_backward(x, gh, gw)
+        return native.coord_scale(x, gh, gw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, gh, gw = ctx.saved_tensors
+        zh_l, zw_l, g_h, g_w = ctx.graph
+        H, W = x.shape[2:]
+        dgh, dgw = native.coord_dots(dy, x, gh, gw)
+        grads = torch.autograd.grad(
+            (g_h, g_w), (zh_l, zw_l, *ctx.params), (dgh, dgw), allow_unused=True, retain_graph=True
+        )
+        dx = native.coord_grad(dy, gh, gw, grads[0] / W, grads[1] / H) if ctx.needs_input_grad[0] else None
+        return (dx, None, *grads[2:])
 
 
 @register(
@@ -150,8 +189,29 @@ class CoordAttention(AttentionModule):
         g_w = torch.sigmoid(self.conv_w(f_w)).transpose(2, 3)
         return g_h, g_w
 
+    def gates_from_strips(self, z_h: torch.Tensor, z_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g^h (B, C, H), g^w (B, C, W)) from the strip means z^h (B, C, H), z^w (B, C, W).
+
+        The same network as :meth:`gates`, with the 1x1 convs as matrix products
+        over the (B, H + W, C) strips (one GEMM each instead of a conv call).
+        """
+        B, C, H = z_h.shape
+        m = self.conv1.out_channels
+        z = torch.cat((z_h, z_w), 2).transpose(1, 2)  # (B, L, C)
+        f = F.linear(z, self.conv1.weight.view(m, C), self.conv1.bias)  # (B, L, m)
+        f = self.act(self.bn1(f.transpose(1, 2).unsqueeze(3))).squeeze(3).transpose(1, 2)  # (B, L, m)
+        g_h = torch.sigmoid(F.linear(f[:, :H], self.conv_h.weight.view(C, m), self.conv_h.bias))
+        g_w = torch.sigmoid(F.linear(f[:, H:], self.conv_w.weight.view(C, m), self.conv_w.bias))
+        return g_h.transpose(1, 2), g_w.transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            params = tuple(self.parameters())
+            if wants_grad(x, params):
+                return _CoordNative.apply(x, self, *params)
+            g_h, g_w = self.gates_from_strips(*native.coord_pool(x))
+            return native.coord_scale(x, g_h, g_w)
         g_h, g_w = self.gates(x)
         if self._map_sink is not None:
             self.record("height", g_h.squeeze(3))

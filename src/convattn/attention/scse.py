@@ -33,7 +33,11 @@ spatial dims (same maths, weight stored as ``proj.weight`` of shape (1, C)).
 
 Recorded maps: ``"channel"`` (B, C) = s, ``"spatial"`` (B, *S) = q.
 
-Speed: the sSE logits are one batched matrix product (one read of X); the merge
+Speed: on contiguous float32/float64 CPU tensors both modules run on the native
+kernels of :mod:`convattn.layers.native` (GAP, the sSE logits and the merged
+product are one pass each; in training one autograd function, see
+:mod:`convattn.layers.gated`, with the same tie rule as below). Otherwise:
+the sSE logits are one batched matrix product (one read of X); the merge
 is one custom autograd function whose backward keeps only X and the two small
 gates. At a tie of the max (X = 0 or s = q) it takes the cSE branch's
 subgradient where ``torch.maximum`` splits it in halves (this only matters
@@ -46,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels
+from ..layers import AttentionModule, hidden_channels, native
+from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
 MERGES = ("max", "sum")
@@ -92,6 +97,12 @@ class _MaxMerge(torch.autograd.Function):
         return dx, ds, dq
 
 
+def _native_sse_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """w . x over channels, (B, S), in one native pass (no bias; no autograd)."""
+    B, C = x.shape[:2]
+    return native.pool_channel(x, weight.detach().reshape(1, C).expand(B, C), want_max=False)[0].mul_(C)
+
+
 def _max_merge(x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
     y = torch.mul(x, sb)
     return torch.maximum(y, x * qb, out=y)
@@ -129,8 +140,19 @@ class SSE(AttentionModule):
         """The spatial map q, shape (B, *S)."""
         return sse_gate(x, self.proj.weight, self.proj.bias)
 
+    def gate_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """q from the bias-free logits w . X, (B, *S)."""
+        return torch.sigmoid(logits + self.proj.bias.to(logits.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            params = (self.proj.weight, self.proj.bias)
+            if wants_grad(x, params):
+                spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
+                return gated(x, spec, params)[0]
+            q = self.gate_from_logits(_native_sse_logits(x, self.proj.weight))
+            return native.scale(x, None, q)
         q = self.gate(x)
         self.record("spatial", q)
         return x * q.unsqueeze(1)
@@ -187,8 +209,35 @@ class SCSE(AttentionModule):
         q = sse_gate(x, self.proj.weight, self.proj.bias)
         return s, q
 
+    def channel_gate_from_mean(self, z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
+        """s from z = GAP(X), (B, C)."""
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(z))))
+
+    def spatial_gate_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """q from the bias-free logits w . X, (B, *S)."""
+        return torch.sigmoid(logits + self.proj.bias.to(logits.dtype))
+
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        mode = SUM if self.merge == "sum" else MAX
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.proj.weight, self.proj.bias)
+        if wants_grad(x, params):
+            spec = GateSpec(
+                channel=self.channel_gate_from_mean,
+                spatial=self.spatial_gate_from_logits,
+                spatial_kind="linear",
+                linear_index=4,
+                mode=mode,
+            )
+            return gated(x, spec, params)[0]
+        z = native.pool_spatial(x)[0]
+        s = native.mlp2_sigmoid(z, None, *params[:4])
+        q = self.spatial_gate_from_logits(_native_sse_logits(x, self.proj.weight))
+        return native.scale(x, s, q, mode)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            return self._forward_native(x)
         s, q = self.gates(x)
         self.record("channel", s)
         self.record("spatial", q)

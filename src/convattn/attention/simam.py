@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from ..layers import AttentionModule
+from ..layers import AttentionModule, native
 from ..registry import register
 
 
@@ -105,6 +105,25 @@ class _SimAMFunction(torch.autograd.Function):
         return dx, None
 
 
+class _SimAMNative(torch.autograd.Function):
+    """The same function and gradient in the native kernels: each (b, c) row is
+    read once forward (mean, variance and the gate from the cached row) and once
+    backward (dy and x)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]
+        y, a = native.simam_forward(x, e_lambda, want_a=True)
+        ctx.save_for_backward(x, a)
+        ctx.e_lambda = e_lambda
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, a = ctx.saved_tensors
+        return native.simam_backward(g, x, ctx.e_lambda, a), None
+
+
 @register(
     "simam",
     family="spatial",
@@ -149,6 +168,10 @@ class SimAM(AttentionModule):
             s = simam_gate(x, self.e_lambda)
             self.record("spatial", s.mean(1))
             return x * s
+        if math.prod(x.shape[2:]) > 1 and native.usable(x):
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _SimAMNative.apply(x, self.e_lambda)
+            return native.simam_forward(x, self.e_lambda)[0]
         if torch.is_grad_enabled() and x.requires_grad:
             return _SimAMFunction.apply(x, self.e_lambda)
         return _gate_inplace(x, self.e_lambda)[0].mul_(x)

@@ -35,6 +35,16 @@ custom function returns the six pooled maps and writes dX once in its backward
 ``torch.max(T, 1)[0]`` routes a tie's gradient to one element: both are
 subgradients). While tracing, scripting or compiling, only standard ops are used.
 
+Native kernels (:mod:`convattn.layers.native`, contiguous float32/float64 CPU
+tensors): the H and W poolings are one pass, the C pooling another, Y a third
+(eval gates: conv + BN + sigmoid in one small kernel each); in training one
+autograd function (``_TripletNative``) whose backward makes two more passes.
+
+Native kernels (:mod:`convattn.layers.native`, contiguous float32/float64 CPU
+tensors): the H and W poolings are one pass, the C pooling another, Y a third
+(eval gates: conv + BN + sigmoid in one small kernel each); in training one
+autograd function (``_TripletNative``) whose backward makes two more passes.
+
 Recorded maps: ``"spatial"`` (B, H, W) = the H x W branch's gate (absent with
 ``no_spatial``), ``"cw"`` (B, C, W) = the C x W branch's gate and ``"hc"``
 (B, H, C) = the H x C branch's gate, each in its branch's own layout.
@@ -46,7 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule
+from ..layers import AttentionModule, native
+from ..layers.gated import fast_ok, scatter_max_grad, wants_grad
 from ..registry import register
 
 
@@ -60,6 +71,16 @@ class ZPoolGate(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight)))
+
+    def forward_native(self, z: torch.Tensor) -> torch.Tensor:
+        """The same map (B, P, Q) in one native kernel (eval BN folded into the conv); no autograd."""
+        bn = self.bn
+        if bn.training or bn.running_var is None:
+            return self(z).squeeze(1)
+        with torch.no_grad():
+            scale = (bn.running_var.double() + bn.eps).rsqrt() * bn.weight.double()
+            shift = bn.bias.double() - bn.running_mean.double() * scale
+        return native.conv2d_gate(z, self.conv.weight, float(scale), float(shift))
 
 
 def conv_2to1(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -160,6 +181,65 @@ def _zpools(x: torch.Tensor, with_c: bool, plain: bool) -> list[torch.Tensor]:
     return z
 
 
+class _TripletNative(torch.autograd.Function):
+    """Y = X * k (a_cw + a_hc + a_hw) on the native kernels; the three gates in autograd.
+
+    Forward: one pass for the H and W poolings (with arg-maxes), one for the C
+    pooling, the gates on the pooled maps (autograd on detached maps), one pass
+    for Y. Backward: one pass for the three sums of dY X, autograd through the
+    gates to the pooled maps, one pass for dX (mean terms included) and sparse
+    additions at the arg-max positions (ties split evenly, as ``amax``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, module, *params):  # type: ignore[override]
+        B, C, H, W = x.shape
+        with_c = module.hw is not None
+        mh, ah, mw, aw, ih, ch, iw, cw = native.triplet_pool(x, want_index=True)
+        pools = [mh, ah, mw, aw]
+        if with_c:
+            amc, mxc, ic, cc = native.pool_channel(x, None, True, True)
+            pools += [mxc.view(B, H, W), amc.view(B, H, W)]
+        with torch.enable_grad():
+            leaves = [p.requires_grad_() for p in pools]
+            a_cw = module.cw(torch.stack(leaves[0:2], 1)).squeeze(1)  # (B, C, W)
+            a_hc = module.hc(torch.stack(leaves[2:4], 1).transpose(2, 3)).squeeze(1)  # (B, H, C)
+            a_hw = module.hw(torch.stack(leaves[4:6], 1)).squeeze(1) if with_c else None
+        k = 1.0 / (3 if with_c else 2)
+        g_cw, g_hc = a_cw.detach() * k, a_hc.detach().transpose(1, 2) * k
+        g_hw = a_hw.detach() * k if with_c else None
+        ctx.graph = (leaves, [a for a in (a_cw, a_hc, a_hw) if a is not None])
+        ctx.params, ctx.k = params, k
+        ctx.index = (ih, ch, iw, cw) + ((ic.view(B, H, W), cc.view(B, H, W)) if with_c else ())
+        ctx.save_for_backward(x, g_cw, g_hc, g_hw if with_c else x.new_empty(0), *pools)
+        ctx.with_c = with_c
+        return native.triplet_scale(x, g_cw, g_hc, g_hw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):  # type: ignore[override]
+        x, g_cw, g_hc, g_hw, *pools = ctx.saved_tensors
+        B, C, H, W = x.shape
+        with_c, k = ctx.with_c, ctx.k
+        leaves, outs = ctx.graph
+        s_cw, s_hc, s_hw = native.triplet_dots(dy, x, with_c)
+        grad_out = [s_cw * k, s_hc.transpose(1, 2) * k] + ([s_hw * k] if with_c else [])
+        grads = torch.autograd.grad(
+            outs, (*leaves, *ctx.params), grad_out, allow_unused=True, retain_graph=True
+        )
+        gp = grads[: len(leaves)]
+        dx = None
+        if ctx.needs_input_grad[0]:
+            rs = gp[5] / C if with_c else None
+            dx = native.triplet_grad(dy, g_cw, g_hc, g_hw if with_c else None, gp[1] / H, gp[3] / W, rs)
+            ih, ch, iw, cw = ctx.index[:4]
+            scatter_max_grad(dx, x, pools[0], ih, ch, gp[0], 2)  # max over H
+            scatter_max_grad(dx, x, pools[2], iw, cw, gp[2], 3)  # max over W
+            if with_c:
+                scatter_max_grad(dx, x, pools[4], *ctx.index[4:], gp[4], 1)  # max over C
+        return (dx, None, *grads[len(leaves):])
+
+
 @register(
     "triplet",
     family="combined",
@@ -207,8 +287,26 @@ class TripletAttention(AttentionModule):
         a_hw = None if self.hw is None else self.hw(z[2]).squeeze(1)  # plane (H, W)
         return a_cw, a_hc, a_hw
 
+    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        params = tuple(self.parameters())
+        gates = [g for g in (self.cw, self.hc, self.hw) if g is not None]
+        if wants_grad(x, params) or any(g.bn.training for g in gates):
+            return _TripletNative.apply(x, self, *params)
+        B, C, H, W = x.shape
+        mh, ah, mw, aw = native.triplet_pool(x)[:4]
+        k = 1.0 / len(gates)
+        a_cw = self.cw.forward_native(torch.stack((mh, ah), 1)).mul_(k)  # (B, C, W)
+        a_hc = self.hc.forward_native(torch.stack((mw, aw), 1).transpose(2, 3)).mul_(k)  # (B, H, C)
+        a_hw = None
+        if self.hw is not None:
+            mean_c, max_c = native.pool_channel(x)[:2]
+            a_hw = self.hw.forward_native(torch.stack((max_c, mean_c), 1).view(B, 2, H, W)).mul_(k)
+        return native.triplet_scale(x, a_cw, a_hc.transpose(1, 2), a_hw)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if fast_ok(self, x):
+            return self._forward_native(x)
         plain = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
         a_cw, a_hc, a_hw = self.gates(x, plain)
         if self._map_sink is not None:

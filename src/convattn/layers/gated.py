@@ -94,6 +94,22 @@ def _max_grad_channel(dx, x, gc, mx, idx, cnt, g):
             dx.view(B, C, S).add_(m)
 
 
+def scatter_max_grad(dx, x, mx, idx, cnt, g, dim: int) -> None:
+    """dx += the gradient of ``x.amax(dim)`` given dL/dmax = g, in place.
+
+    mx, idx, cnt, g have x's shape without ``dim``: the max, its first arg-max and
+    the number of ties. As ``torch.amax``, a tie splits the gradient evenly.
+    """
+    share = (g / cnt.to(g.dtype)).unsqueeze(dim)
+    index = idx.unsqueeze(dim)
+    dx.scatter_add_(dim, index, share)
+    ties = cnt > 1
+    if bool(ties.any()):
+        mask = ((x == mx.unsqueeze(dim)) | (x.isnan() & mx.unsqueeze(dim).isnan())) & ties.unsqueeze(dim)
+        mask.scatter_(dim, index, False)  # the first one is added above
+        dx.add_(mask.to(dx.dtype) * share)
+
+
 def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().requires_grad_(True)
 

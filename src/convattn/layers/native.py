@@ -72,6 +72,14 @@ _SIGNATURES = {
     "simam_bwd": [_P, _P, _I, _I, None, _P, _P, ctypes.c_int],
     "mlp2_sigmoid": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P],
     "conv1d_sigmoid": [_P, _I, _I, _I, _I, _P, _P, _P],
+    "coord_pool": [_P, _I, _I, _I, _P, _P, ctypes.c_int],
+    "coord_scale": [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
+    "coord_dots": [_P, _P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_int],
+    "coord_grad": [_P, _P, _P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
+    "triplet_pool": [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
+    "triplet_scale": [_P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
+    "triplet_dots": [_P, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int],
+    "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
     "conv2d_gate": [_P, _I, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
 }
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
@@ -389,3 +397,104 @@ def conv2d_gate(p: torch.Tensor, weight: torch.Tensor, scale: float, shift: floa
     out = p.new_empty((B, H, W))
     _fn("conv2d_gate", p.dtype)(p.data_ptr(), B, I, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads())
     return out
+
+
+# ------------------------------------------------------------ coordinate attention
+# x (B, C, H, W); strip vectors zh/gh/rh (B, C, H) and zw/gw/rw (B, C, W).
+
+
+def coord_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over W, mean over H): (B, C, H) and (B, C, W)."""
+    B, C, H, W = x.shape
+    zh, zw = x.new_empty((B, C, H)), x.new_empty((B, C, W))
+    _fn("coord_pool", x.dtype)(x.data_ptr(), B * C, H, W, zh.data_ptr(), zw.data_ptr(), _threads())
+    return zh, zw
+
+
+def coord_scale(x: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor) -> torch.Tensor:
+    """``x * gh[..., :, None] * gw[..., None, :]``."""
+    B, C, H, W = x.shape
+    gh, gw = _small(gh, x.dtype), _small(gw, x.dtype)
+    out = torch.empty_like(x)
+    _fn("coord_scale", x.dtype)(x.data_ptr(), gh.data_ptr(), gw.data_ptr(), B * C, H, W, out.data_ptr(), _threads())
+    return out
+
+
+def coord_dots(dy, x, gh, gw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_W dy x gw, sum_H dy x gh): the gradients of ``coord_scale`` wrt gh and gw."""
+    B, C, H, W = x.shape
+    dy = dy.contiguous()
+    gh, gw = _small(gh, x.dtype), _small(gw, x.dtype)
+    dgh, dgw = x.new_empty((B, C, H)), x.new_empty((B, C, W))
+    _fn("coord_dots", x.dtype)(
+        dy.data_ptr(), x.data_ptr(), gh.data_ptr(), gw.data_ptr(), B * C, H, W, dgh.data_ptr(), dgw.data_ptr(),
+        _threads(),
+    )
+    return dgh, dgw
+
+
+def coord_grad(dy, gh, gw, rh, rw) -> torch.Tensor:
+    """``dy * gh gw + rh[..., :, None] + rw[..., None, :]`` (the input gradient)."""
+    B, C, H, W = dy.shape
+    dt = dy.dtype
+    dy = dy.contiguous()
+    gh, gw, rh, rw = (_small(t, dt) for t in (gh, gw, rh, rw))
+    dx = torch.empty_like(dy)
+    _fn("coord_grad", dt)(
+        dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), rh.data_ptr(), rw.data_ptr(), B * C, H, W, dx.data_ptr(),
+        _threads(),
+    )
+    return dx
+
+
+# ------------------------------------------------------------------ triplet attention
+# x (B, C, H, W); per-row maps over W: (B, C, W), over H: (B, C, H); plane maps (B, H, W).
+
+
+def triplet_pool(x: torch.Tensor, want_index: bool = False):
+    """(max_H, mean_H) (B, C, W), (max_W, mean_W) (B, C, H), and if asked the arg-max / tie counts."""
+    B, C, H, W = x.shape
+    mh, ah = x.new_empty((B, C, W)), x.new_empty((B, C, W))
+    mw, aw = x.new_empty((B, C, H)), x.new_empty((B, C, H))
+    ih = torch.empty((B, C, W), dtype=torch.int64) if want_index else None
+    ch = torch.empty((B, C, W), dtype=torch.int32) if want_index else None
+    iw = torch.empty((B, C, H), dtype=torch.int64) if want_index else None
+    cw = torch.empty((B, C, H), dtype=torch.int32) if want_index else None
+    _fn("triplet_pool", x.dtype)(
+        x.data_ptr(), B * C, H, W, mh.data_ptr(), ah.data_ptr(), mw.data_ptr(), aw.data_ptr(),
+        _ptr(ih), _ptr(ch), _ptr(iw), _ptr(cw), _threads(),
+    )
+    return mh, ah, mw, aw, ih, ch, iw, cw
+
+
+def triplet_scale(x, acw, ahc, ahw) -> torch.Tensor:
+    """``x * (acw[:, :, None, :] + ahc[:, :, :, None] + ahw[:, None])``; ahw may be None."""
+    B, C, H, W = x.shape
+    acw, ahc, ahw = (_small(t, x.dtype) for t in (acw, ahc, ahw))
+    out = torch.empty_like(x)
+    _fn("triplet_scale", x.dtype)(x.data_ptr(), acw.data_ptr(), ahc.data_ptr(), _ptr(ahw), B, C, H, W, out.data_ptr(), _threads())
+    return out
+
+
+def triplet_dots(dy, x, want_plane: bool = True):
+    """(sum_H dy x (B, C, W), sum_W dy x (B, C, H), sum_C dy x (B, H, W) or None)."""
+    B, C, H, W = x.shape
+    dy = dy.contiguous()
+    scw, shc = x.new_empty((B, C, W)), x.new_empty((B, C, H))
+    shw = x.new_empty((B, H, W)) if want_plane else None
+    _fn("triplet_dots", x.dtype)(dy.data_ptr(), x.data_ptr(), B, C, H, W, scw.data_ptr(), shc.data_ptr(), _ptr(shw), _threads())
+    return scw, shc, shw
+
+
+def triplet_grad(dy, acw, ahc, ahw, rw, rh, rs) -> torch.Tensor:
+    """``dy * (acw + ahc + ahw) + rw + rh + rs`` broadcast as in :func:`triplet_scale`."""
+    B, C, H, W = dy.shape
+    dt = dy.dtype
+    dy = dy.contiguous()
+    acw, ahc, ahw, rw, rh, rs = (_small(t, dt) for t in (acw, ahc, ahw, rw, rh, rs))
+    dx = torch.empty_like(dy)
+    _fn("triplet_grad", dt)(
+        dy.data_ptr(), acw.data_ptr(), ahc.data_ptr(), _ptr(ahw), rw.data_ptr(), rh.data_ptr(), _ptr(rs),
+        B, C, H, W, dx.data_ptr(), _threads(),
+    )
+    return dx

@@ -323,4 +323,179 @@ void NAME(conv2d_gate)(const T *p, int64_t B, int64_t I, int64_t H, int64_t W,
     }
 }
 
+/* Coordinate attention, per row (b, c) of H x W values:
+ * coord_pool:  zh[h] = mean_w x[h, w], zw[w] = mean_h x[h, w];
+ * coord_scale: y = x * gh[h] * gw[w];
+ * coord_dots:  dgh[h] = sum_w dy x gw[w], dgw[w] = sum_h dy x gh[h];
+ * coord_grad:  dx = dy gh[h] gw[w] + rh[h] + rw[w]. */
+void NAME(coord_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *zh, T *zw, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * H * W;
+        T *a = zh + r * H, *bw = zw + r * W;
+        for (int64_t w = 0; w < W; w++) bw[w] = 0;
+        for (int64_t h = 0; h < H; h++) {
+            const T *q = p + h * W; T s = 0;
+            for (int64_t w = 0; w < W; w++) { s += q[w]; bw[w] += q[w]; }
+            a[h] = s / (T)W;
+        }
+        for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
+    }
+}
+
+void NAME(coord_scale)(const T *x, const T *gh, const T *gw, int64_t rows, int64_t H, int64_t W,
+                       T *out, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * H * W, *a = gh + r * H, *bw = gw + r * W;
+        T *o = out + r * H * W;
+        for (int64_t h = 0; h < H; h++) {
+            T ah = a[h];
+            for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ah * bw[w];
+        }
+    }
+}
+
+void NAME(coord_dots)(const T *dy, const T *x, const T *gh, const T *gw, int64_t rows, int64_t H,
+                      int64_t W, T *dgh, T *dgw, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *d = dy + r * H * W, *p = x + r * H * W, *a = gh + r * H, *bw = gw + r * W;
+        T *oh = dgh + r * H, *ow = dgw + r * W;
+        for (int64_t w = 0; w < W; w++) ow[w] = 0;
+        for (int64_t h = 0; h < H; h++) {
+            T s = 0, ah = a[h];
+            for (int64_t w = 0; w < W; w++) {
+                T t = d[h * W + w] * p[h * W + w];
+                s += t * bw[w];
+                ow[w] += t * ah;
+            }
+            oh[h] = s;
+        }
+    }
+}
+
+void NAME(coord_grad)(const T *dy, const T *gh, const T *gw, const T *rh, const T *rw,
+                      int64_t rows, int64_t H, int64_t W, T *dx, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *d = dy + r * H * W, *a = gh + r * H, *bw = gw + r * W;
+        const T *ah_ = rh + r * H, *aw_ = rw + r * W;
+        T *o = dx + r * H * W;
+        for (int64_t h = 0; h < H; h++) {
+            T ah = a[h], ch = ah_[h];
+            for (int64_t w = 0; w < W; w++) o[h * W + w] = d[h * W + w] * ah * bw[w] + ch + aw_[w];
+        }
+    }
+}
+
+/* Triplet attention, per row (b, c) of H x W values:
+ * triplet_pool:  mh[w] = max_h x, ah[w] = mean_h x, mw[h] = max_w x, aw[h] = mean_w x,
+ *                optionally the first arg-max and tie count of each (ih, ch, iw, cw);
+ * triplet_scale: y = x * (acw[c, w] + ahc[c, h] + ahw[b, h, w])   (ahw nullable);
+ * triplet_dots:  scw[c, w] = sum_h dy x, shc[c, h] = sum_w dy x, shw[b, h, w] = sum_c dy x;
+ * triplet_grad:  dx = dy (acw + ahc + ahw) + rw[c, w] + rh[c, h] + rs[b, h, w]. */
+void NAME(triplet_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *mh, T *ah, T *mw, T *aw,
+                        int64_t *ih, int32_t *ch, int64_t *iw, int32_t *cw, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const T *p = x + r * H * W;
+        T *mh_ = mh + r * W, *ah_ = ah + r * W, *mw_ = mw + r * H, *aw_ = aw + r * H;
+        for (int64_t w = 0; w < W; w++) { mh_[w] = p[w]; ah_[w] = 0; }
+        for (int64_t h = 0; h < H; h++) {
+            const T *q = p + h * W;
+            T s = 0, m = q[0];
+            for (int64_t w = 0; w < W; w++) {
+                T v = q[w];
+                s += v; m = v > m ? v : m;
+                ah_[w] += v; mh_[w] = v > mh_[w] ? v : mh_[w];
+            }
+            if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
+            aw_[h] = s / (T)W; mw_[h] = m;
+        }
+        for (int64_t w = 0; w < W; w++) {
+            if (ah_[w] != ah_[w]) for (int64_t h = 0; h < H; h++) if (p[h * W + w] != p[h * W + w]) { mh_[w] = p[h * W + w]; break; }
+            ah_[w] /= (T)H;
+        }
+        if (!ih) continue;
+        int64_t *ih_ = ih + r * W, *iw_ = iw + r * H;
+        int32_t *ch_ = ch + r * W, *cw_ = cw + r * H;
+        for (int64_t w = 0; w < W; w++) { ih_[w] = -1; ch_[w] = 0; }
+        for (int64_t h = 0; h < H; h++) {
+            const T *q = p + h * W;
+            int64_t first = -1; int32_t c = 0; T m = mw_[h];
+            for (int64_t w = 0; w < W; w++) {
+                T v = q[w];
+                if (v == m || (m != m && v != v)) { if (first < 0) first = w; c++; }
+                if (v == mh_[w] || (mh_[w] != mh_[w] && v != v)) { if (ih_[w] < 0) ih_[w] = h; ch_[w]++; }
+            }
+            iw_[h] = first < 0 ? 0 : first; cw_[h] = c;
+        }
+        for (int64_t w = 0; w < W; w++) if (ih_[w] < 0) ih_[w] = 0;
+    }
+}
+
+void NAME(triplet_scale)(const T *x, const T *acw, const T *ahc, const T *ahw, int64_t B, int64_t C,
+                         int64_t H, int64_t W, T *out, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < B * C; r++) {
+        const T *p = x + r * H * W, *a = acw + r * W, *bh = ahc + r * H;
+        const T *q = ahw ? ahw + (r / C) * H * W : NULL;
+        T *o = out + r * H * W;
+        for (int64_t h = 0; h < H; h++) {
+            T c0 = bh[h];
+            const T *qh = q ? q + h * W : NULL;
+            if (qh) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * (a[w] + c0 + qh[w]);
+            else for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * (a[w] + c0);
+        }
+    }
+}
+
+void NAME(triplet_dots)(const T *dy, const T *x, int64_t B, int64_t C, int64_t H, int64_t W,
+                        T *scw, T *shc, T *shw, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        T *sq = shw ? shw + b * H * W : NULL;
+        if (sq) for (int64_t i = 0; i < H * W; i++) sq[i] = 0;
+        for (int64_t c = 0; c < C; c++) {
+            int64_t r = b * C + c;
+            const T *d = dy + r * H * W, *p = x + r * H * W;
+            T *a = scw + r * W, *bh = shc + r * H;
+            for (int64_t w = 0; w < W; w++) a[w] = 0;
+            for (int64_t h = 0; h < H; h++) {
+                T s = 0;
+                T *sqh = sq ? sq + h * W : NULL;
+                for (int64_t w = 0; w < W; w++) {
+                    T t = d[h * W + w] * p[h * W + w];
+                    s += t; a[w] += t;
+                    if (sqh) sqh[w] += t;
+                }
+                bh[h] = s;
+            }
+        }
+    }
+}
+
+void NAME(triplet_grad)(const T *dy, const T *acw, const T *ahc, const T *ahw, const T *rw,
+                        const T *rh, const T *rs, int64_t B, int64_t C, int64_t H, int64_t W,
+                        T *dx, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < B * C; r++) {
+        const T *d = dy + r * H * W, *a = acw + r * W, *bh = ahc + r * H;
+        const T *ra = rw + r * W, *rb = rh + r * H;
+        const T *q = ahw ? ahw + (r / C) * H * W : NULL, *qs = rs ? rs + (r / C) * H * W : NULL;
+        T *o = dx + r * H * W;
+        for (int64_t h = 0; h < H; h++) {
+            T c0 = bh[h], c1 = rb[h];
+            if (q) {
+                const T *qh = q + h * W, *qsh = qs + h * W;
+                for (int64_t w = 0; w < W; w++)
+                    o[h * W + w] = d[h * W + w] * (a[w] + c0 + qh[w]) + ra[w] + c1 + qsh[w];
+            } else {
+                for (int64_t w = 0; w < W; w++) o[h * W + w] = d[h * W + w] * (a[w] + c0) + ra[w] + c1;
+            }
+        }
+    }
+}
+
 #undef row_max
