@@ -6,17 +6,33 @@ k (B, M, d_k) and v (B, M, d_v)::
     out = softmax_rows(scale * q k^T) v            (B, N, d_v)
 
 and is used by ``pam``, ``danet``, ``nonlocal``, ``sagan`` and ``pam_gate``.
-Two paths compute the same thing:
+Three paths compute the same thing:
 
 - ``"matmul"``: two batched matmuls and a softmax; it holds the (B, N, M)
   score matrix (and autograd keeps it for the backward pass). Fastest at small N.
+- ``"chunked"``: the same matmuls over blocks of query rows of one sample at a
+  time, each block's scores (at most ``CHUNK_ELEMENTS`` of them, a few MiB) made,
+  used and overwritten by the next (the blocks reuse the same buffers). A
+  ``torch.autograd.Function`` saves only q, k and v; its backward recomputes each
+  block's softmax from q and k (a width-d_k product, cheap) and accumulates dq,
+  dk, dv block by block with the softmax-attention backward::
+
+      P = softmax(scale q k^T),  dP = dO v^T,  dS = P * (dP - rowsum(P * dP))
+      dq = scale dS k,  dk = scale dS^T q,  dv = P^T dO
+
+  Memory is linear in N, and q, k keep their own width (no padding).
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``. On CPU its
   memory-efficient (flash) kernel, which never materialises the N x M matrix, is
   only taken when q, k and v have the same last dimension; the narrower of
   (q, k) and v is therefore zero-padded to the wider width (zeros change neither
   the dot products nor the output, and the padded output columns are dropped).
+  The padding makes q k^T up to 8x more work than needed (d_k = C/8 padded to C);
+  kept as an option.
 - ``"auto"`` (default): ``"matmul"`` while the score matrix is small
-  (``N * M < AUTO_SDPA_MIN_SCORES``), ``"sdpa"`` above.
+  (``N * M < AUTO_CHUNKED_MIN_SCORES``), ``"chunked"`` above. While tracing,
+  scripting or compiling (``torch.jit.trace``, ``torch.export``, ``torch.compile``)
+  ``"chunked"`` is replaced by ``"sdpa"``, which those tools handle as one op
+  and which also avoids the N x M matrix.
 
 The scale is always passed explicitly: SDPA would otherwise apply
 ``1/sqrt(d)`` of the *padded* width, which none of the papers here do with that
@@ -34,15 +50,23 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-PATHS = ("auto", "matmul", "sdpa")
+PATHS = ("auto", "matmul", "chunked", "sdpa")
 
-#: ``"auto"`` switches from the plain matmul to SDPA at this many scores per batch
-#: element (N * M = 2^23, 32 MiB of float32 scores per sample: above 48 x 48 positions
-#: attending to 48 x 48). Below it the matmul is as fast or faster on CPU and its
-#: memory is modest; above it the padded SDPA kernel saves the N x M matrix. The
-#: rule depends on N and M only (not B), so a sample takes the same path in any batch.
-AUTO_SDPA_MIN_SCORES = 1 << 23
+#: ``"auto"`` switches from the plain matmul to the chunked path at this many scores
+#: per sample (N * M = 2^23, 32 MiB of float32 scores per sample: above 48 x 48
+#: positions attending to 48 x 48). Below it the single matmul is as fast on CPU and
+#: its memory is modest. The rule depends on N and M only (not B), so a sample takes
+#: the same path in any batch.
+AUTO_CHUNKED_MIN_SCORES = 1 << 23
+#: former name, kept for callers written against the SDPA-only version
+AUTO_SDPA_MIN_SCORES = AUTO_CHUNKED_MIN_SCORES
+
+#: most scores (B x rows x M) the chunked path holds per block (2^21 = 8 MiB of
+#: float32): small enough to stay in cache, large enough that a block is a few big
+#: batched matmuls rather than many small ones
+CHUNK_ELEMENTS = 1 << 21
 
 #: number of score elements (B * rows * M) held at once by the chunked map helpers
 MAP_CHUNK_ELEMENTS = 1 << 22
@@ -61,11 +85,22 @@ def check_scale(owner: str, scale: float) -> float:
     return float(scale)
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def select_path(n_queries: int, n_keys: int, path: str = "auto") -> str:
-    """The path ``attention`` takes for ``n_queries`` x ``n_keys`` scores."""
-    if path != "auto":
-        return path
-    return "sdpa" if n_queries * n_keys >= AUTO_SDPA_MIN_SCORES else "matmul"
+    """The path ``attention`` takes for ``n_queries`` x ``n_keys`` scores.
+
+    ``"chunked"`` (asked for, or chosen by ``"auto"``) becomes ``"sdpa"`` while
+    tracing or compiling: the Python loop of the chunked path would be unrolled
+    into the graph, and its autograd.Function is not traceable by ``torch.jit.trace``.
+    """
+    if path == "auto":
+        path = "chunked" if n_queries * n_keys >= AUTO_CHUNKED_MIN_SCORES else "matmul"
+    if path == "chunked" and _tracing():
+        return "sdpa"
+    return path
 
 
 def attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -91,13 +126,112 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return out[..., :dv] if dv < width else out
 
 
+def _chunk_rows(batch: int, n_keys: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, batch * n_keys))
+
+
+class _Blocks:
+    """Reusable contiguous buffers for the blocks of the chunked path.
+
+    Every block writes its scores, probabilities and products into the same
+    buffers (the last, shorter block into a contiguous prefix of them), so the
+    loop allocates nothing: repeated multi-MiB allocations and frees make the C
+    allocator keep freed blocks resident, which costs more memory than the blocks.
+    """
+
+    def __init__(self, like: torch.Tensor, batch: int, rows: int, widths: dict[str, int]) -> None:
+        self.batch, self.rows = batch, rows
+        self.flat = {name: like.new_empty(batch * rows * w) for name, w in widths.items()}
+        self.widths = widths
+
+    def __call__(self, name: str, rows: int) -> torch.Tensor:
+        w = self.widths[name]
+        return self.flat[name][: self.batch * rows * w].view(self.batch, rows, w)
+
+
+def _softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Row softmax in place, through the out= form of the softmax kernel.
+
+    torch.softmax has no in-place or out= form; the kernel reads each row (its
+    max, then exp(x - max) and the sum) before it writes that row, so the output
+    may alias the input. tests/test_attention_kernel.py checks the result.
+    """
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
+def _chunked_forward(q, k, v, scale):
+    """Output (B, N, d_v) block by block; no autograd graph is built."""
+    B, N, _ = q.shape
+    M, dv = k.shape[1], v.shape[-1]
+    out = q.new_empty(B, N, dv)
+    rows = min(N, _chunk_rows(B, M))
+    buf = _Blocks(q, B, rows, {"s": M, "o": dv})
+    qs = q * scale if scale != 1.0 else q  # (B, N, d_k): cheaper than scaling each block's scores
+    kt = k.transpose(1, 2)
+    for start in range(0, N, rows):
+        r = min(rows, N - start)
+        p = _softmax_(torch.bmm(qs[:, start : start + r], kt, out=buf("s", r)))
+        # bmm into a contiguous block then copy: bmm with a strided out= slice is slow
+        out[:, start : start + r] = torch.bmm(p, v, out=buf("o", r))
+    return out
+
+
+class _ChunkedAttention(torch.autograd.Function):
+    """softmax(scale q k^T) v over blocks of query rows, recomputing the blocks in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        out = _chunked_forward(q, k, v, scale)
+        ctx.save_for_backward(q, k, v)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        scale = ctx.scale
+        grad_out = grad_out.contiguous()
+        B, N, dk = q.shape
+        M = k.shape[1]
+        rows = min(N, _chunk_rows(B, M))
+        buf = _Blocks(q, B, rows, {"p": M, "ds": M, "q": dk})
+        qs = q * scale if scale != 1.0 else q
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        for start in range(0, N, rows):
+            r = min(rows, N - start)
+            qb, gb = qs[:, start : start + r], grad_out[:, start : start + r]
+            p = _softmax_(torch.bmm(qb, kt, out=buf("p", r)))
+            dv.baddbmm_(p.transpose(1, 2), gb)
+            dp = torch.bmm(gb, vt, out=buf("ds", r))
+            # dS = P * (dP - rowsum(P * dP)), the softmax backward, in place of dP
+            # (the kernel finishes a row's rowsum before it writes that row)
+            ds = torch.ops.aten._softmax_backward_data.out(dp, p, -1, p.dtype, grad_input=dp)
+            dq[:, start : start + r] = torch.bmm(ds, k, out=buf("q", r))
+            dk.baddbmm_(ds.transpose(1, 2), qb)  # scale dS^T q = dS^T (scale q)
+        if scale != 1.0:
+            dq.mul_(scale)
+        return dq, dk, dv, None
+
+
+def attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) v`` over blocks of query rows (linear memory, also in backward)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _ChunkedAttention.apply(q, k, v, scale)
+    return _chunked_forward(q, k, v, scale)
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, path: str = "auto"
 ) -> torch.Tensor:
     """``softmax_rows(scale * q k^T) v`` for q (B, N, d_k), k (B, M, d_k), v (B, M, d_v).
 
     ``scale`` is required (no implicit ``1/sqrt(d)``); ``path`` is ``"auto"``,
-    ``"matmul"`` or ``"sdpa"`` (see the module docstring). Returns (B, N, d_v).
+    ``"matmul"``, ``"chunked"`` or ``"sdpa"`` (see the module docstring). Returns (B, N, d_v).
     """
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"attention: expected 3-d q, k, v; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -108,6 +242,8 @@ def attention(
     chosen = select_path(q.shape[1], k.shape[1], check_path("attention", path))
     if chosen == "sdpa":
         return attention_sdpa(q, k, v, scale)
+    if chosen == "chunked":
+        return attention_chunked(q, k, v, scale)
     return attention_matmul(q, k, v, scale)
 
 
