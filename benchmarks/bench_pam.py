@@ -184,6 +184,7 @@ def main() -> None:
     sizes = (16, 64) if a.quick else SIZES
     channels = (256,) if a.quick else CHANNELS
     rows = []
+    load_start = os.getloadavg()
     t0 = time.time()
     for mode in MODES:
         for c in channels:
@@ -221,7 +222,9 @@ def main() -> None:
         "threads": 2,
         "min_rounds": a.min_rounds,
         "min_run_time": a.min_run_time,
-        "auto_sdpa_min_scores": attention_kernel.AUTO_SDPA_MIN_SCORES,
+        "auto_chunked_min_scores": attention_kernel.AUTO_CHUNKED_MIN_SCORES,
+        "chunk_elements": attention_kernel.CHUNK_ELEMENTS,
+        "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "elapsed_s": elapsed,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
@@ -237,18 +240,27 @@ def _fmt(v, spec=".1f"):
 
 
 def _markdown(meta: dict, rows: list[dict], big: dict) -> str:
+    def load(key: str) -> str:
+        return str(tuple(round(x, 1) for x in meta[key])) if key in meta else "n/a"
+
+    busy = max(meta.get("load_average_at_start", (0,))[0], meta["load_average_at_end"][0]) > 2.5
     lines = [
         "# `pam` (DANet position attention): ours vs the naive batched-matmul version",
         "",
         f"torch {meta['torch']}, {meta['cpus']} shared CPU cores, 2 threads; {meta['date_utc']} UTC; "
-        f"load average at the end {tuple(round(x, 1) for x in meta['load_average_at_end'])}.",
-        "**The machine is shared with other jobs (load average well above its 2 cores during this run): "
-        "latencies are noisy (each is the median of the interleaved naive/ours rounds, at least "
-        f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the absolute times.**",
+        f"load average (1, 5, 15 min) at the start {load('load_average_at_start')}, "
+        f"at the end {load('load_average_at_end')}.",
+        ("**The machine is shared with other jobs (load average above its 2 cores during this run): "
+         if busy else "The machine is shared with other jobs: ")
+        + "latencies are noisy (each is the median of the interleaved naive/ours rounds, at least "
+        f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the absolute times."
+        + ("**" if busy else ""),
         "",
         "Peak = VmHWM - VmRSS around one full-size call in a fresh process after a 4x4 warm-up. "
         "Ours uses `path=\"auto\"`: the plain matmul while N*N < "
-        f"{meta['auto_sdpa_min_scores']:,} scores per sample, SDPA (q, k zero-padded to C) above.",
+        f"{meta.get('auto_chunked_min_scores', 0):,} scores per sample, above it the chunked path "
+        f"(blocks of query rows holding at most {meta.get('chunk_elements', 0):,} scores across the batch, "
+        "recomputed block by block in the backward; q and k keep width C/8).",
         "",
         "| mode | C | HxW | N | naive peak MiB | ours peak MiB | mem ratio | naive ms | ours ms | latency ratio | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -140,7 +140,7 @@ class _Blocks:
     """
 
     def __init__(self, like: torch.Tensor, batch: int, rows: int, widths: dict[str, int]) -> None:
-        self.batch, self.rows = batch, rows
+        self.batch = batch
         self.flat = {name: like.new_empty(batch * rows * w) for name, w in widths.items()}
         self.widths = widths
 
@@ -192,10 +192,10 @@ class _ChunkedAttention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         scale = ctx.scale
         grad_out = grad_out.contiguous()
-        B, N, dk = q.shape
+        B, N, width = q.shape
         M = k.shape[1]
         rows = min(N, _chunk_rows(B, M))
-        buf = _Blocks(q, B, rows, {"p": M, "ds": M, "q": dk})
+        buf = _Blocks(q, B, rows, {"p": M, "ds": M, "q": width})
         qs = q * scale if scale != 1.0 else q
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
         dq = torch.empty_like(q)
