@@ -249,9 +249,9 @@ class SCSE(AttentionModule):
             if torch.is_grad_enabled() and (x.requires_grad or g.requires_grad):
                 return x * g
             return g.mul_(x)
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return torch.maximum(x * sb, x * qb)  # standard ops only (no out=, no custom function)
         if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad or q.requires_grad):
-            if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-                return torch.maximum(x * sb, x * qb)
             return _MaxMerge.apply(x, sb, qb)
         return _max_merge(x, sb, qb)
 

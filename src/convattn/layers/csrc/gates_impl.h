@@ -256,7 +256,7 @@ void NAME(mlp2_sigmoid)(const T *za, const T *zm, int64_t B, int64_t C, int64_t 
                     const T *wr = w1 + (h0 + h) * C; T s = 0;
                     for (int64_t c = 0; c < C; c++) s += wr[c] * z[c];
                     s += b1 ? b1[h0 + h] : (T)0;
-                    hbuf[h] = s > 0 ? s : (T)0;
+                    hbuf[h] = s < 0 ? (T)0 : s; /* NaN passes, as torch.relu */
                 }
                 for (int64_t c = 0; c < C; c++) {
                     const T *wr = w2 + c * H + h0; T s = 0;

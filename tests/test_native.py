@@ -1,0 +1,308 @@
+"""The native CPU kernels and the modules' native paths.
+
+Every module with a native path must equal its plain PyTorch path (run under
+``native.disabled()``): outputs, input and parameter gradients, BN running
+statistics, in float64 (tight) and float32, for every supported number of
+spatial dims, including max-pool ties and NaN inputs. The kernels are also
+checked one by one against torch ops, and the fallbacks (tracing, dispatch
+modes, channels-last, no compiler) are checked to really fall back.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import convattn
+from convattn.layers import native
+from convattn.layers.gated import scatter_max_grad
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
+
+#: (key, options, shapes): every module with a native path, each supported dims
+CASES = [
+    ("se", {}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("eca", {}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("cbam_channel", {"reduction": 4}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("cbam_spatial", {}, [(2, 16, 5, 6)]),
+    ("cbam_spatial", {"dims": 1}, [(2, 16, 9)]),
+    ("cbam_spatial", {"dims": 3}, [(2, 16, 3, 4, 2)]),
+    ("cbam", {"reduction": 4}, [(2, 16, 5, 6)]),
+    ("cbam", {"reduction": 4, "pool_order": "mean_max", "kernel_size": 3}, [(2, 16, 5, 6)]),
+    ("cbam", {"reduction": 4, "dims": 1}, [(2, 16, 9)]),
+    ("cbam", {"reduction": 4, "dims": 3}, [(2, 16, 3, 4, 2)]),
+    ("sse", {}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("scse", {}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("scse", {"merge": "sum"}, [(2, 16, 5, 6)]),
+    ("simam", {}, [(2, 16, 7), (2, 16, 5, 6), (2, 16, 3, 4, 2)]),
+    ("coord", {}, [(2, 16, 5, 6)]),
+    ("triplet", {}, [(2, 16, 5, 6)]),
+    ("triplet", {"no_spatial": True, "kernel_size": 3}, [(2, 16, 5, 6)]),
+]
+PARAMS = [
+    pytest.param(key, opts, shape, id=f"{key}-{'-'.join(f'{k}={v}' for k, v in opts.items())}-{len(shape) - 2}d")
+    for key, opts, shapes in CASES
+    for shape in shapes
+]
+
+
+def _module(key, opts, dtype, seed=0):
+    torch.manual_seed(seed)
+    m = convattn.create_attention(key, 16, **opts).to(dtype)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.5)
+        for name, b in m.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.2)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    return m
+
+
+def _run(m, x, g, plain: bool):
+    params = list(m.parameters())
+    if plain:
+        with native.disabled():
+            y = m(x)
+    else:
+        y = m(x)
+    grads = torch.autograd.grad(y, [x] + params, g, allow_unused=True) if x.requires_grad else None
+    return y.detach(), grads
+
+
+def _compare(key, opts, x, dtype, train, atol):
+    fast = _module(key, opts, dtype).train(train)
+    plain = copy.deepcopy(fast)
+    g = torch.randn(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    y1, g1 = _run(fast, x, g, plain=False)
+    y0, g0 = _run(plain, x, g, plain=True)
+    torch.testing.assert_close(y1, y0, atol=atol, rtol=atol, equal_nan=True)
+    if g0 is not None:
+        for a, b in zip(g1, g0, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=atol * 10, rtol=atol * 10)
+    for (n, b1), (_, b0) in zip(fast.named_buffers(), plain.named_buffers(), strict=True):
+        torch.testing.assert_close(b1, b0, atol=atol, rtol=atol, msg=f"buffer {n}")
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("key, opts, shape", PARAMS)
+def test_native_equals_plain_float64(key, opts, shape, train):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    _compare(key, opts, x, torch.float64, train, atol=1e-12)
+
+
+@pytest.mark.parametrize("key, opts, shape", PARAMS)
+def test_native_equals_plain_float32_no_grad(key, opts, shape):
+    x = torch.randn(shape)
+    with torch.no_grad():
+        _compare(key, opts, x, torch.float32, train=False, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, opts, shape", PARAMS)
+def test_native_float32_gradients(key, opts, shape):
+    x = torch.randn(shape, requires_grad=True)
+    _compare(key, opts, x, torch.float32, train=True, atol=1e-5)
+
+
+@pytest.mark.parametrize("key, opts, shape", [p for p in PARAMS if len(p.values[2]) == 4])
+def test_native_ties_split_like_amax(key, opts, shape):
+    """ReLU'd and constant inputs tie the max pools: the gradient must still match amax's."""
+    x = torch.relu(torch.randn(shape, dtype=torch.float64))
+    x[0, :, :2] = 0.0  # whole rows/columns of equal values
+    x[1] = 0.25  # a constant sample: every max ties
+    _compare(key, opts, x.requires_grad_(), torch.float64, train=True, atol=1e-12)
+
+
+@pytest.mark.parametrize("key, opts, shape", [p for p in PARAMS if len(p.values[2]) == 4])
+def test_native_nan_propagates_like_plain(key, opts, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    x[0, 3, 1, 2] = float("nan")
+    with torch.no_grad():
+        _compare(key, opts, x, torch.float64, train=False, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
+def test_native_gradcheck(key):
+    m = _module(key, {"reduction": 4} if key == "cbam" else {}, torch.float64).train()
+    x = torch.randn(2, 16, 3, 4, dtype=torch.float64, requires_grad=True)
+    if key in ("cbam", "triplet"):  # BN in training mode mixes the batch: check in eval
+        m.eval()
+    assert torch.autograd.gradcheck(lambda t: m(t), (x,), eps=1e-6, atol=1e-6)
+
+
+class _PassThrough(TorchDispatchMode):
+    """A dispatch mode that only counts ops (as FlopCounterMode or fake tensors would see them)."""
+
+    seen = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Calls:
+    """Counts calls into the kernel library."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        for name in ("pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool"):
+            fn = getattr(native, name)
+
+            def wrapped(*a, _fn=fn, **k):
+                self.n += 1
+                return _fn(*a, **k)
+
+            monkeypatch.setattr(native, name, wrapped)
+
+
+@pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "simam", "coord", "triplet"])
+def test_native_path_is_taken_and_skipped_where_it_must_be(key, monkeypatch):
+    calls = _Calls(monkeypatch)
+    m = convattn.create_attention(key, 16).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        ref = m(x)
+    assert calls.n > 0, "contiguous float32 CPU input must take the native path"
+    calls.n = 0
+    with torch.no_grad():
+        with native.disabled():
+            m(x)
+        cl = m(x.to(memory_format=torch.channels_last))
+        with _PassThrough() as mode:
+            m(x)
+        traced = torch.jit.trace(m, x, check_trace=False)
+    assert calls.n == 0, "channels-last, disabled(), dispatch modes and tracing must use standard ops"
+    assert mode.seen > 0
+    torch.testing.assert_close(cl, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(traced(x), ref, atol=1e-5, rtol=1e-5)
+    with convattn.capture_maps(m) as maps:
+        with torch.no_grad():
+            m(x)
+    assert calls.n == 0 and len(maps) > 0, "map captures use the plain path, which records"
+
+
+def test_kernels_against_torch():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 7)
+    x[0, 1, 2, :3] = 5.0  # a tie in a spatial max
+    B, C = 3, 5
+    mean, mx, idx, cnt = native.pool_spatial(x, True, True)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(mx, x.amax((2, 3)))
+    flat = x.reshape(B, C, -1)
+    assert torch.equal(flat.gather(2, idx.unsqueeze(-1)).squeeze(-1), mx)
+    assert torch.equal(cnt, (flat == mx.unsqueeze(-1)).sum(-1).to(torch.int32))
+    assert cnt[0, 1] == 3
+    g = torch.rand(B, C)
+    u = x * g[:, :, None, None]
+    pm, px, pidx, pcnt = native.pool_channel(x, g, True, True)
+    torch.testing.assert_close(pm, u.mean(1).reshape(B, -1))
+    torch.testing.assert_close(px, u.amax(1).reshape(B, -1))
+    gs = torch.rand(B, 28)
+    gsv = gs.view(B, 1, 4, 7)
+    torch.testing.assert_close(native.scale(x, g, gs, 0), u * gsv)
+    torch.testing.assert_close(native.scale(x, g, gs, 1), x * (g[:, :, None, None] + gsv))
+    torch.testing.assert_close(native.scale(x, g, gs, 2), torch.maximum(u, x * gsv))
+    dy = torch.randn_like(x)
+    row, col = native.dots(dy, x, gs, g, 0)
+    torch.testing.assert_close(row, (dy * x * gsv).sum((2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(col, (dy * x * g[:, :, None, None]).sum(1).reshape(B, -1), atol=1e-5, rtol=1e-5)
+    u_, v_, rc, rs = torch.rand(B, C), torch.rand(B, 28), torch.rand(B, C), torch.rand(B, 28)
+    ref = (
+        dy * g[:, :, None, None] * gsv
+        + u_[:, :, None, None] * v_.view(B, 1, 4, 7)
+        + rc[:, :, None, None]
+        + rs.view(B, 1, 4, 7)
+    )
+    torch.testing.assert_close(native.grad_input(dy, x, g, gs, 0, u_, v_, rc, rs), ref, atol=1e-5, rtol=1e-5)
+    # the gate conv: conv2d + affine + sigmoid
+    p = torch.randn(2, 2, 9, 5)
+    w = torch.randn(1, 2, 7, 7)
+    ref = torch.sigmoid(0.7 * torch.nn.functional.conv2d(p, w, padding=3) - 0.2).squeeze(1)
+    torch.testing.assert_close(native.conv2d_gate(p, w, 0.7, -0.2), ref, atol=1e-5, rtol=1e-5)
+    # the vectorised exp of the float kernels: sigmoid accurate over the whole range
+    z = torch.linspace(-120, 120, 24001).view(1, -1)
+    torch.testing.assert_close(native.conv1d_sigmoid(z, torch.ones(1), None, 0), torch.sigmoid(z), atol=1e-7, rtol=2e-6)
+    t = torch.linspace(-30, 30, 6001).view(1, 1, 1, -1)
+    simam_y, _ = native.simam_forward(t, 1e-4)
+    d = (t - t.mean()) ** 2
+    ref = t * torch.sigmoid(d / (4 * (d.sum() / (t.numel() - 1) + 1e-4)) + 0.5)
+    torch.testing.assert_close(simam_y, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_scatter_max_grad_splits_ties():
+    x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    mx, idx, cnt = x.amax(1), x.argmax(1), (x == x.amax(1, keepdim=True)).sum(1).to(torch.int32)
+    dx = torch.zeros_like(x)
+    scatter_max_grad(dx, x, mx, idx, cnt, torch.tensor([1.0, 2.0]), 1)
+    xr = x.clone().requires_grad_()
+    (xr.amax(1) * torch.tensor([1.0, 2.0])).sum().backward()
+    torch.testing.assert_close(dx, xr.grad)
+
+
+def test_threads_do_not_change_results():
+    m = convattn.create_attention("cbam", 32).eval()
+    x = torch.randn(3, 32, 9, 11)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            a = m(x)
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            b = m(x)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(a, b)
+
+
+_CHILD = """
+import warnings, torch, convattn
+from convattn.layers import native
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    m = convattn.create_attention("cbam", 16).eval()
+    x = torch.randn(2, 16, 6, 6)
+    y = m(x)
+    with native.disabled():
+        ref = m(x)
+print(native.status())
+print(sum("native CPU kernels unavailable" in str(i.message) for i in w))
+print(torch.allclose(y, ref, atol=1e-6))
+"""
+
+
+def _child(env_extra, tmp_path):
+    env = {**os.environ, "CONVATTN_CACHE_DIR": str(tmp_path / "cache"), **env_extra}
+    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    status_words = _child({"PATH": str(empty), "CC": ""}, tmp_path)
+    assert status_words[0] == "off"
+    assert "compiler" in " ".join(status_words)
+    assert status_words[-2:] == ["1", "True"]
+
+
+def test_env_switch_disables(tmp_path):
+    out = _child({"CONVATTN_NATIVE": "0"}, tmp_path)
+    assert out[0] == "off" and out[-2:] == ["0", "True"]
+
+
+def test_fresh_cache_builds_and_runs(tmp_path):
+    out = _child({}, tmp_path)
+    assert out[0] == "on" and out[-2:] == ["0", "True"]
+    assert list((tmp_path / "cache" / "native").glob("*/gates.so"))
