@@ -228,7 +228,9 @@ def test_kernels_against_torch():
     p = torch.randn(2, 2, 9, 5)
     w = torch.randn(1, 2, 7, 7)
     ref = torch.sigmoid(0.7 * torch.nn.functional.conv2d(p, w, padding=3) - 0.2).squeeze(1)
-    torch.testing.assert_close(native.conv2d_gate(p, w, 0.7, -0.2), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(native.conv2d_gate(p[:, 0], p[:, 1], w, 0.7, -0.2), ref, atol=1e-5, rtol=1e-5)
+    ref1 = torch.sigmoid(torch.nn.functional.conv2d(p[:, :1], w[:, :1], padding=3)).squeeze(1)
+    torch.testing.assert_close(native.conv2d_gate(p[:, 0], None, w[:, :1], 1.0, 0.0), ref1, atol=1e-5, rtol=1e-5)
     # the vectorised exp of the float kernels: sigmoid accurate over the whole range
     z = torch.linspace(-120, 120, 24001).view(1, -1)
     torch.testing.assert_close(native.conv1d_sigmoid(z, torch.ones(1), None, 0), torch.sigmoid(z), atol=1e-7, rtol=2e-6)

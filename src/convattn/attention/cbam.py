@@ -230,15 +230,11 @@ class CBAMSpatial(AttentionModule):
         bn = self.bn
         if mx.dim() != 3 or bn.training or bn.running_var is None or not native.usable(mx):
             return self.gate_from_pools(mx, mean)
-        pair = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
-        p = torch.stack(pair, 1)
-        with torch.no_grad():
-            inv = (bn.running_var.double() + bn.eps).rsqrt()
-            scale = inv * (bn.weight.double() if bn.weight is not None else 1.0)
-            shift = (bn.bias.double() if bn.bias is not None else 0.0) - bn.running_mean.double() * scale
-            if self.conv.bias is not None:
-                shift = shift + self.conv.bias.double() * scale
-        return native.conv2d_gate(p, self.conv.weight, float(scale), float(shift))
+        first, second = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
+        scale, shift = native.bn_affine(bn)
+        if self.conv.bias is not None:
+            shift += float(self.conv.bias.item()) * scale
+        return native.conv2d_gate(first, second, self.conv.weight, scale, shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -103,11 +103,11 @@ class _CoordNative(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, module, *params):  # type: ignore[override]
-        z_h, z_w = native.coord_pool(x)
+        z = native.coord_pool(x)
         with torch.enable_grad():
-            zh_l, zw_l = z_h.requires_grad_(), z_w.requires_grad_()
-            g_h, g_w = module.gates_from_strips(zh_l, zw_l)
-        ctx.graph = (zh_l, zw_l, g_h, g_w)
+            z_l = z.requires_grad_()
+            g_h, g_w = module.gates_from_strips(z_l, x.shape[2])
+        ctx.graph = (z_l, g_h, g_w)
         ctx.params = params
         gh, gw = g_h.detach(), g_w.detach()
         ctx.save_for_backward(x, gh, gw)
@@ -117,14 +117,17 @@ class _CoordNative(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
         x, gh, gw = ctx.saved_tensors
-        zh_l, zw_l, g_h, g_w = ctx.graph
+        z_l, g_h, g_w = ctx.graph
         H, W = x.shape[2:]
         dgh, dgw = native.coord_dots(dy, x, gh, gw)
         grads = torch.autograd.grad(
-            (g_h, g_w), (zh_l, zw_l, *ctx.params), (dgh, dgw), allow_unused=True, retain_graph=True
+            (g_h, g_w), (z_l, *ctx.params), (dgh, dgw), allow_unused=True, retain_graph=True
         )
-        dx = native.coord_grad(dy, gh, gw, grads[0] / W, grads[1] / H) if ctx.needs_input_grad[0] else None
-        return (dx, None, *grads[2:])
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dz = grads[0]
+            dx = native.coord_grad(dy, gh, gw, dz[:, :, :H] / W, dz[:, :, H:] / H)
+        return (dx, None, *grads[1:])
 
 
 @register(
@@ -189,20 +192,22 @@ class CoordAttention(AttentionModule):
         g_w = torch.sigmoid(self.conv_w(f_w)).transpose(2, 3)
         return g_h, g_w
 
-    def gates_from_strips(self, z_h: torch.Tensor, z_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g^h (B, C, H), g^w (B, C, W)) from the strip means z^h (B, C, H), z^w (B, C, W).
+    def gates_from_strips(self, z: torch.Tensor, H: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g^h (B, C, H), g^w (B, C, W)) from the strips z = [z^h; z^w], (B, C, H + W).
 
-        The same network as :meth:`gates`, with the 1x1 convs as matrix products
-        over the (B, H + W, C) strips (one GEMM each instead of a conv call).
+        The same network as :meth:`gates`, with the 1x1 convs as batched matrix
+        products on the (B, C, H + W) layout (no transposed copies).
         """
-        B, C, H = z_h.shape
+        B, C, L = z.shape
         m = self.conv1.out_channels
-        z = torch.cat((z_h, z_w), 2).transpose(1, 2)  # (B, L, C)
-        f = F.linear(z, self.conv1.weight.view(m, C), self.conv1.bias)  # (B, L, m)
-        f = self.act(self.bn1(f.transpose(1, 2).unsqueeze(3))).squeeze(3).transpose(1, 2)  # (B, L, m)
-        g_h = torch.sigmoid(F.linear(f[:, :H], self.conv_h.weight.view(C, m), self.conv_h.bias))
-        g_w = torch.sigmoid(F.linear(f[:, H:], self.conv_w.weight.view(C, m), self.conv_w.bias))
-        return g_h.transpose(1, 2), g_w.transpose(1, 2)
+        w1 = self.conv1.weight.view(1, m, C).expand(B, m, C)
+        f = torch.baddbmm(self.conv1.bias.view(1, m, 1), w1, z)  # (B, m, L)
+        f = self.act(self.bn1(f.unsqueeze(3))).squeeze(3)
+        wh = self.conv_h.weight.view(1, C, m).expand(B, C, m)
+        ww = self.conv_w.weight.view(1, C, m).expand(B, C, m)
+        g_h = torch.sigmoid(torch.baddbmm(self.conv_h.bias.view(1, C, 1), wh, f[:, :, :H]))
+        g_w = torch.sigmoid(torch.baddbmm(self.conv_w.bias.view(1, C, 1), ww, f[:, :, H:]))
+        return g_h, g_w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -210,7 +215,7 @@ class CoordAttention(AttentionModule):
             params = tuple(self.parameters())
             if wants_grad(x, params):
                 return _CoordNative.apply(x, self, *params)
-            g_h, g_w = self.gates_from_strips(*native.coord_pool(x))
+            g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
             return native.coord_scale(x, g_h, g_w)
         g_h, g_w = self.gates(x)
         if self._map_sink is not None:

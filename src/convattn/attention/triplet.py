@@ -72,15 +72,21 @@ class ZPoolGate(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight)))
 
-    def forward_native(self, z: torch.Tensor) -> torch.Tensor:
-        """The same map (B, P, Q) in one native kernel (eval BN folded into the conv); no autograd."""
+    def forward_native(self, zmax: torch.Tensor, zmean: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+        """The same map from the pooled planes (B, P, Q) each, in one native kernel; no autograd.
+
+        Eval BN is folded into the conv. ``transposed=True`` takes (B, Q, P) planes
+        and returns the map transposed, (B, Q, P): a conv over the transposed plane
+        is the transposed conv with the transposed kernel.
+        """
         bn = self.bn
         if bn.training or bn.running_var is None:
+            z = torch.stack((zmax, zmean), 1)
+            if transposed:
+                return self(z.transpose(2, 3)).squeeze(1).transpose(1, 2)
             return self(z).squeeze(1)
-        with torch.no_grad():
-            scale = (bn.running_var.double() + bn.eps).rsqrt() * bn.weight.double()
-            shift = bn.bias.double() - bn.running_mean.double() * scale
-        return native.conv2d_gate(z, self.conv.weight, float(scale), float(shift))
+        w = self.conv.weight.mT if transposed else self.conv.weight
+        return native.conv2d_gate(zmax, zmean, w, *native.bn_affine(bn))
 
 
 def conv_2to1(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -294,14 +300,13 @@ class TripletAttention(AttentionModule):
             return _TripletNative.apply(x, self, *params)
         B, C, H, W = x.shape
         mh, ah, mw, aw = native.triplet_pool(x)[:4]
-        k = 1.0 / len(gates)
-        a_cw = self.cw.forward_native(torch.stack((mh, ah), 1)).mul_(k)  # (B, C, W)
-        a_hc = self.hc.forward_native(torch.stack((mw, aw), 1).transpose(2, 3)).mul_(k)  # (B, H, C)
+        a_cw = self.cw.forward_native(mh, ah)  # (B, C, W), plane (C, W)
+        a_hc_t = self.hc.forward_native(mw, aw, transposed=True)  # (B, C, H): plane (H, C) transposed
         a_hw = None
         if self.hw is not None:
             mean_c, max_c = native.pool_channel(x)[:2]
-            a_hw = self.hw.forward_native(torch.stack((max_c, mean_c), 1).view(B, 2, H, W)).mul_(k)
-        return native.triplet_scale(x, a_cw, a_hc.transpose(1, 2), a_hw)
+            a_hw = self.hw.forward_native(max_c.view(B, H, W), mean_c.view(B, H, W))
+        return native.triplet_scale(x, a_cw, a_hc_t, a_hw, 1.0 / len(gates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

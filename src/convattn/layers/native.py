@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -72,15 +73,15 @@ _SIGNATURES = {
     "simam_bwd": [_P, _P, _I, _I, None, _P, _P, ctypes.c_int],
     "mlp2_sigmoid": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P],
     "conv1d_sigmoid": [_P, _I, _I, _I, _I, _P, _P, _P],
-    "coord_pool": [_P, _I, _I, _I, _P, _P, ctypes.c_int],
+    "coord_pool": [_P, _I, _I, _I, _P, ctypes.c_int],
     "coord_scale": [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
     "coord_dots": [_P, _P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_int],
     "coord_grad": [_P, _P, _P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
     "triplet_pool": [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
-    "triplet_scale": [_P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
+    "triplet_scale": [_P, _P, _P, _P, _I, _I, _I, _I, None, _P, ctypes.c_int],
     "triplet_dots": [_P, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int],
     "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
-    "conv2d_gate": [_P, _I, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
+    "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
 }
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
@@ -386,29 +387,46 @@ def conv1d_sigmoid(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out
 
 
-def conv2d_gate(p: torch.Tensor, weight: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
-    """``sigmoid(scale * conv2d(p, weight, padding=k // 2) + shift)``, p (B, I, H, W), weight (1, I, k, k).
+def conv2d_gate(
+    p0: torch.Tensor, p1: torch.Tensor | None, weight: torch.Tensor, scale: float, shift: float
+) -> torch.Tensor:
+    """``sigmoid(scale * conv2d([p0; p1], weight, padding=k // 2) + shift)[:, 0]``.
 
-    One output channel, stride 1, odd k; eval only. Returns (B, H, W).
+    p0, p1: the input planes, (B, H, W) each (p1 may be None: one input plane);
+    weight (1, I, k, k), one output channel, stride 1, odd k; eval only. Returns (B, H, W).
     """
-    B, I, H, W = p.shape
+    B, H, W = p0.shape
     k = weight.shape[-1]
-    p, weight = _small(p, p.dtype), _small(weight, p.dtype)
-    out = p.new_empty((B, H, W))
-    _fn("conv2d_gate", p.dtype)(p.data_ptr(), B, I, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads())
+    p0, p1, weight = _small(p0, p0.dtype), _small(p1, p0.dtype), _small(weight, p0.dtype)
+    out = p0.new_empty((B, H, W))
+    _fn("conv2d_gate", p0.dtype)(
+        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads()
+    )
     return out
+
+
+def bn_affine(bn: torch.nn.Module) -> tuple[float, float]:
+    """(scale, shift) of a one-channel BatchNorm in eval: bn(v) = scale * v + shift."""
+    eps = bn.eps
+    scale = 1.0 / math.sqrt(float(bn.running_var.item()) + eps)
+    if bn.weight is not None:
+        scale *= float(bn.weight.item())
+    shift = -float(bn.running_mean.item()) * scale
+    if bn.bias is not None:
+        shift += float(bn.bias.item())
+    return scale, shift
 
 
 # ------------------------------------------------------------ coordinate attention
 # x (B, C, H, W); strip vectors zh/gh/rh (B, C, H) and zw/gw/rw (B, C, W).
 
 
-def coord_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean over W, mean over H): (B, C, H) and (B, C, W)."""
+def coord_pool(x: torch.Tensor) -> torch.Tensor:
+    """The strip means [mean over W (H values); mean over H (W values)]: (B, C, H + W)."""
     B, C, H, W = x.shape
-    zh, zw = x.new_empty((B, C, H)), x.new_empty((B, C, W))
-    _fn("coord_pool", x.dtype)(x.data_ptr(), B * C, H, W, zh.data_ptr(), zw.data_ptr(), _threads())
-    return zh, zw
+    z = x.new_empty((B, C, H + W))
+    _fn("coord_pool", x.dtype)(x.data_ptr(), B * C, H, W, z.data_ptr(), _threads())
+    return z
 
 
 def coord_scale(x: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor) -> torch.Tensor:
@@ -467,12 +485,14 @@ def triplet_pool(x: torch.Tensor, want_index: bool = False):
     return mh, ah, mw, aw, ih, ch, iw, cw
 
 
-def triplet_scale(x, acw, ahc, ahw) -> torch.Tensor:
-    """``x * (acw[:, :, None, :] + ahc[:, :, :, None] + ahw[:, None])``; ahw may be None."""
+def triplet_scale(x, acw, ahc, ahw, k: float = 1.0) -> torch.Tensor:
+    """``x * (acw[:, :, None, :] + ahc[:, :, :, None] + ahw[:, None]) * k``; ahw may be None."""
     B, C, H, W = x.shape
     acw, ahc, ahw = (_small(t, x.dtype) for t in (acw, ahc, ahw))
     out = torch.empty_like(x)
-    _fn("triplet_scale", x.dtype)(x.data_ptr(), acw.data_ptr(), ahc.data_ptr(), _ptr(ahw), B, C, H, W, out.data_ptr(), _threads())
+    _fn("triplet_scale", x.dtype)(
+        x.data_ptr(), acw.data_ptr(), ahc.data_ptr(), _ptr(ahw), B, C, H, W, k, out.data_ptr(), _threads()
+    )
     return out
 
 

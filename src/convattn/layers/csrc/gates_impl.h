@@ -288,12 +288,13 @@ void NAME(conv1d_sigmoid)(const T *z, int64_t B, int64_t C, int64_t k, int64_t p
     }
 }
 
-/* CBAM's spatial gate in eval, 2-D: out = sigmoid(scale * conv(p) + shift) with
- * p = (B, I, H, W) (I small, e.g. the [max; mean] maps), one output channel, a
- * k x k kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). The BN of the
- * gate in eval and a conv bias fold into scale and shift. */
-void NAME(conv2d_gate)(const T *p, int64_t B, int64_t I, int64_t H, int64_t W,
+/* A k x k conv gate in eval, 2-D: out = sigmoid(scale * conv(P) + shift), P the
+ * I = 1 or 2 planes p0, p1 (each (B, H, W), p1 nullable), one output channel,
+ * kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). BN in eval and a
+ * conv bias fold into scale and shift. (CBAM's and triplet attention's gates.) */
+void NAME(conv2d_gate)(const T *p0, const T *p1, int64_t B, int64_t H, int64_t W,
                        const T *w, int64_t k, T scale, T shift, T *out, int nth) {
+    int64_t I = p1 ? 2 : 1;
     /* Each sample's I planes are copied into zero-padded planes of width
      * Wp = W + 2 pad; every tap (i, dy, dx) is then one long contiguous
      * multiply-add over the flattened H x Wp output (the pad columns compute
@@ -306,7 +307,7 @@ void NAME(conv2d_gate)(const T *p, int64_t B, int64_t I, int64_t H, int64_t W,
         if (!pin || !acc) { free(pin); free(acc); continue; } /* out left as is: checked by the caller */
         for (int64_t i = 0; i < I; i++)
             for (int64_t y = 0; y < H; y++)
-                memcpy(pin + (i * Hp + y + pad) * Wp + pad, p + ((b * I + i) * H + y) * W, (size_t)W * sizeof(T));
+                memcpy(pin + (i * Hp + y + pad) * Wp + pad, (i ? p1 : p0) + (b * H + y) * W, (size_t)W * sizeof(T));
         for (int64_t i = 0; i < I; i++)
             for (int64_t dy = 0; dy < k; dy++)
                 for (int64_t dx = 0; dx < k; dx++) {
@@ -328,11 +329,12 @@ void NAME(conv2d_gate)(const T *p, int64_t B, int64_t I, int64_t H, int64_t W,
  * coord_scale: y = x * gh[h] * gw[w];
  * coord_dots:  dgh[h] = sum_w dy x gw[w], dgw[w] = sum_h dy x gh[h];
  * coord_grad:  dx = dy gh[h] gw[w] + rh[h] + rw[w]. */
-void NAME(coord_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *zh, T *zw, int nth) {
+void NAME(coord_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *z, int nth) {
+    /* z: (rows, H + W), the H means then the W means of each row */
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * H * W;
-        T *a = zh + r * H, *bw = zw + r * W;
+        T *a = z + r * (H + W), *bw = a + H;
         for (int64_t w = 0; w < W; w++) bw[w] = 0;
         for (int64_t h = 0; h < H; h++) {
             const T *q = p + h * W; T s = 0;
@@ -392,7 +394,7 @@ void NAME(coord_grad)(const T *dy, const T *gh, const T *gw, const T *rh, const 
 /* Triplet attention, per row (b, c) of H x W values:
  * triplet_pool:  mh[w] = max_h x, ah[w] = mean_h x, mw[h] = max_w x, aw[h] = mean_w x,
  *                optionally the first arg-max and tie count of each (ih, ch, iw, cw);
- * triplet_scale: y = x * (acw[c, w] + ahc[c, h] + ahw[b, h, w])   (ahw nullable);
+ * triplet_scale: y = x * (acw[c, w] + ahc[c, h] + ahw[b, h, w]) * k   (ahw nullable);
  * triplet_dots:  scw[c, w] = sum_h dy x, shc[c, h] = sum_w dy x, shw[b, h, w] = sum_c dy x;
  * triplet_grad:  dx = dy (acw + ahc + ahw) + rw[c, w] + rh[c, h] + rs[b, h, w]. */
 void NAME(triplet_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *mh, T *ah, T *mw, T *aw,
@@ -436,7 +438,7 @@ void NAME(triplet_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *mh, T
 }
 
 void NAME(triplet_scale)(const T *x, const T *acw, const T *ahc, const T *ahw, int64_t B, int64_t C,
-                         int64_t H, int64_t W, T *out, int nth) {
+                         int64_t H, int64_t W, T k, T *out, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < B * C; r++) {
         const T *p = x + r * H * W, *a = acw + r * W, *bh = ahc + r * H;
@@ -445,8 +447,8 @@ void NAME(triplet_scale)(const T *x, const T *acw, const T *ahc, const T *ahw, i
         for (int64_t h = 0; h < H; h++) {
             T c0 = bh[h];
             const T *qh = q ? q + h * W : NULL;
-            if (qh) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * (a[w] + c0 + qh[w]);
-            else for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * (a[w] + c0);
+            if (qh) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0 + qh[w]) * k);
+            else for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0) * k);
         }
     }
 }
