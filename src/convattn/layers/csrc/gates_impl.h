@@ -12,8 +12,8 @@ static inline T NAME(row_max_impl)(const T *p, int64_t n) {
 #define row_max NAME(row_max_impl)
 
 /* mean (and max, first argmax, tie count) of every row over its S values. */
-void NAME(pool_spatial)(const T *x, int64_t rows, int64_t S, T *mean, T *mx,
-                        int64_t *idx, int32_t *cnt, int nth) {
+void NAME(pool_spatial)(const T *restrict x, int64_t rows, int64_t S, T *restrict mean, T *restrict mx,
+                        int64_t *restrict idx, int32_t *restrict cnt, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S;
@@ -42,8 +42,8 @@ void NAME(pool_spatial)(const T *x, int64_t rows, int64_t S, T *mean, T *mx,
 }
 
 /* mean and max over channels of u = x * g[b, c] (g nullable: u = x), per (b, s).   */
-void NAME(pool_channel)(const T *x, const T *g, int64_t B, int64_t C, int64_t S,
-                        T *mean, T *mx, int64_t *idx, int32_t *cnt, int nth) {
+void NAME(pool_channel)(const T *restrict x, const T *restrict g, int64_t B, int64_t C, int64_t S,
+                        T *restrict mean, T *restrict mx, int64_t *restrict idx, int32_t *restrict cnt, int nth) {
     int64_t nch = (S + SCHUNK - 1) / SCHUNK;
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t t = 0; t < B * nch; t++) {
@@ -103,8 +103,8 @@ void NAME(pool_channel)(const T *x, const T *g, int64_t B, int64_t C, int64_t S,
 
 /* out = x * gate, gate from gc (B, C) and gs (B, S), either nullable:              */
 /* mode 0: gc * gs; mode 1: gc + gs; mode 2: max(x gc, x gs) / x (scSE max merge).  */
-void NAME(scale)(const T *x, const T *gc, const T *gs, int64_t B, int64_t C,
-                 int64_t S, int mode, T *out, int nth) {
+void NAME(scale)(const T *restrict x, const T *restrict gc, const T *restrict gs, int64_t B, int64_t C,
+                 int64_t S, int mode, T *restrict out, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < B * C; r++) {
         const T *p = x + r * S; T *o = out + r * S;
@@ -125,8 +125,8 @@ void NAME(scale)(const T *x, const T *gc, const T *gs, int64_t B, int64_t C,
 /* g[b, c] (g nullable), either output nullable. mode 2 (scSE max merge): the terms */
 /* go to row where x gc >= x gs and to col otherwise (b2 = x, a = dy).              */
 /* part: scratch of B * nchunks * C for the row partial sums.                       */
-void NAME(dots)(const T *a, const T *b2, const T *w, const T *g, int64_t B, int64_t C,
-                int64_t S, int mode, T *row, T *col, T *part, int nth) {
+void NAME(dots)(const T *restrict a, const T *restrict b2, const T *restrict w, const T *restrict g, int64_t B, int64_t C,
+                int64_t S, int mode, T *restrict row, T *restrict col, T *restrict part, int nth) {
     int64_t nch = (S + SCHUNK - 1) / SCHUNK;
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t t = 0; t < B * nch; t++) {
@@ -170,9 +170,9 @@ void NAME(dots)(const T *a, const T *b2, const T *w, const T *g, int64_t B, int6
 /* dx = dy * G + u[b,c] * v[b,s] + rc[b,c] + rs[b,s]                                */
 /* G from gc, gs and mode as in scale_ (mode 2 needs x); u, v, rc, rs nullable     */
 /* (u and v together).                                                              */
-void NAME(grad_input)(const T *dy, const T *x, const T *gc, const T *gs, int64_t B,
-                      int64_t C, int64_t S, int mode, const T *u, const T *v,
-                      const T *rc, const T *rs, T *dx, int nth) {
+void NAME(grad_input)(const T *restrict dy, const T *restrict x, const T *restrict gc, const T *restrict gs, int64_t B,
+                      int64_t C, int64_t S, int mode, const T *restrict u, const T *restrict v,
+                      const T *restrict rc, const T *restrict rs, T *restrict dx, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < B * C; r++) {
         int64_t bb = r / C;
@@ -197,7 +197,7 @@ void NAME(grad_input)(const T *dy, const T *x, const T *gc, const T *gs, int64_t
 
 /* SimAM, per row: mu = mean, v = sum (x - mu)^2 / (S - 1), a = 1 / (4 (v + lam)), */
 /* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read once.          */
-void NAME(simam_fwd)(const T *x, int64_t rows, int64_t S, T lam, T *out, T *aout,
+void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *restrict out, T *restrict aout,
                      int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
@@ -216,8 +216,8 @@ void NAME(simam_fwd)(const T *x, int64_t rows, int64_t S, T lam, T *out, T *aout
 /* SimAM backward, per row. With d = x - mu, e = a d^2 + 1/2, g = sigmoid(e),      */
 /* y = x g: dL/de = dy x g (1 - g) = t; e depends on x through d and a:            */
 /* dx = dy g + 2 a t d - 2 a mean(t d)... written out in the Python docstring.     */
-void NAME(simam_bwd)(const T *dy, const T *x, int64_t rows, int64_t S, T lam,
-                     const T *ain, T *dx, int nth) {
+void NAME(simam_bwd)(const T *restrict dy, const T *restrict x, int64_t rows, int64_t S, T lam,
+                     const T *restrict ain, T *restrict dx, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S, *d = dy + r * S; T *o = dx + r * S;
@@ -242,8 +242,8 @@ void NAME(simam_bwd)(const T *dy, const T *x, int64_t rows, int64_t S, T lam,
 
 /* Eval-only gate networks on pooled (B, C) vectors.
  * mlp2: out = sigmoid(MLP(za) [+ MLP(zm)]), MLP(z) = W2 relu(W1 z + b1) + b2. */
-void NAME(mlp2_sigmoid)(const T *za, const T *zm, int64_t B, int64_t C, int64_t H,
-                        const T *w1, const T *b1, const T *w2, const T *b2, T *out) {
+void NAME(mlp2_sigmoid)(const T *restrict za, const T *restrict zm, int64_t B, int64_t C, int64_t H,
+                        const T *restrict w1, const T *restrict b1, const T *restrict w2, const T *restrict b2, T *restrict out) {
     T hbuf[256];
     for (int64_t bb = 0; bb < B; bb++) {
         T *o = out + bb * C;
@@ -272,8 +272,8 @@ void NAME(mlp2_sigmoid)(const T *za, const T *zm, int64_t B, int64_t C, int64_t 
 
 /* conv1d over channels (ECA): out = sigmoid(sum_j w[j] z[c + j - pad] + bias),
  * zero padding, one input and one output channel. */
-void NAME(conv1d_sigmoid)(const T *z, int64_t B, int64_t C, int64_t k, int64_t pad,
-                          const T *w, const T *bias, T *out) {
+void NAME(conv1d_sigmoid)(const T *restrict z, int64_t B, int64_t C, int64_t k, int64_t pad,
+                          const T *restrict w, const T *restrict bias, T *restrict out) {
     for (int64_t bb = 0; bb < B; bb++) {
         const T *zb = z + bb * C; T *o = out + bb * C;
         for (int64_t c = 0; c < C; c++) {
@@ -292,8 +292,8 @@ void NAME(conv1d_sigmoid)(const T *z, int64_t B, int64_t C, int64_t k, int64_t p
  * I = 1 or 2 planes p0, p1 (each (B, H, W), p1 nullable), one output channel,
  * kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). BN in eval and a
  * conv bias fold into scale and shift. (CBAM's and triplet attention's gates.) */
-void NAME(conv2d_gate)(const T *p0, const T *p1, int64_t B, int64_t H, int64_t W,
-                       const T *w, int64_t k, T scale, T shift, T *out, int nth) {
+void NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int64_t H, int64_t W,
+                       const T *restrict w, int64_t k, T scale, T shift, T *restrict out, int nth) {
     int64_t I = p1 ? 2 : 1;
     /* Each sample's I planes are copied into zero-padded planes of width
      * Wp = W + 2 pad; every tap (i, dy, dx) is then one long contiguous
@@ -308,13 +308,18 @@ void NAME(conv2d_gate)(const T *p0, const T *p1, int64_t B, int64_t H, int64_t W
         for (int64_t i = 0; i < I; i++)
             for (int64_t y = 0; y < H; y++)
                 memcpy(pin + (i * Hp + y + pad) * Wp + pad, (i ? p1 : p0) + (b * H + y) * W, (size_t)W * sizeof(T));
-        for (int64_t i = 0; i < I; i++)
-            for (int64_t dy = 0; dy < k; dy++)
-                for (int64_t dx = 0; dx < k; dx++) {
-                    T wv = w[(i * k + dy) * k + dx];
-                    const T *src = pin + (i * Hp + dy) * Wp + dx;
-                    for (int64_t j = 0; j < n; j++) acc[j] += wv * src[j];
-                }
+        /* blocks of output rows so that the accumulator block stays in L1 */
+        int64_t rows_per = 2048 / Wp > 0 ? 2048 / Wp : 1;
+        for (int64_t y0 = 0; y0 < H; y0 += rows_per) {
+            int64_t j0 = y0 * Wp, j1 = (y0 + rows_per < H ? y0 + rows_per : H) * Wp;
+            for (int64_t i = 0; i < I; i++)
+                for (int64_t dy = 0; dy < k; dy++)
+                    for (int64_t dx = 0; dx < k; dx++) {
+                        T wv = w[(i * k + dy) * k + dx];
+                        const T *src = pin + (i * Hp + dy) * Wp + dx;
+                        for (int64_t j = j0; j < j1; j++) acc[j] += wv * src[j];
+                    }
+        }
         T *o = out + b * H * W;
         for (int64_t y = 0; y < H; y++)
             for (int64_t x = 0; x < W; x++)
@@ -329,7 +334,7 @@ void NAME(conv2d_gate)(const T *p0, const T *p1, int64_t B, int64_t H, int64_t W
  * coord_scale: y = x * gh[h] * gw[w];
  * coord_dots:  dgh[h] = sum_w dy x gw[w], dgw[w] = sum_h dy x gh[h];
  * coord_grad:  dx = dy gh[h] gw[w] + rh[h] + rw[w]. */
-void NAME(coord_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *z, int nth) {
+void NAME(coord_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W, T *restrict z, int nth) {
     /* z: (rows, H + W), the H means then the W means of each row */
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
@@ -345,8 +350,8 @@ void NAME(coord_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *z, int 
     }
 }
 
-void NAME(coord_scale)(const T *x, const T *gh, const T *gw, int64_t rows, int64_t H, int64_t W,
-                       T *out, int nth) {
+void NAME(coord_scale)(const T *restrict x, const T *restrict gh, const T *restrict gw, int64_t rows, int64_t H, int64_t W,
+                       T *restrict out, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * H * W, *a = gh + r * H, *bw = gw + r * W;
@@ -358,8 +363,8 @@ void NAME(coord_scale)(const T *x, const T *gh, const T *gw, int64_t rows, int64
     }
 }
 
-void NAME(coord_dots)(const T *dy, const T *x, const T *gh, const T *gw, int64_t rows, int64_t H,
-                      int64_t W, T *dgh, T *dgw, int nth) {
+void NAME(coord_dots)(const T *restrict dy, const T *restrict x, const T *restrict gh, const T *restrict gw, int64_t rows, int64_t H,
+                      int64_t W, T *restrict dgh, T *restrict dgw, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *d = dy + r * H * W, *p = x + r * H * W, *a = gh + r * H, *bw = gw + r * W;
@@ -377,8 +382,8 @@ void NAME(coord_dots)(const T *dy, const T *x, const T *gh, const T *gw, int64_t
     }
 }
 
-void NAME(coord_grad)(const T *dy, const T *gh, const T *gw, const T *rh, const T *rw,
-                      int64_t rows, int64_t H, int64_t W, T *dx, int nth) {
+void NAME(coord_grad)(const T *restrict dy, const T *restrict gh, const T *restrict gw, const T *restrict rh, const T *restrict rw,
+                      int64_t rows, int64_t H, int64_t W, T *restrict dx, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *d = dy + r * H * W, *a = gh + r * H, *bw = gw + r * W;
@@ -397,64 +402,91 @@ void NAME(coord_grad)(const T *dy, const T *gh, const T *gw, const T *rh, const 
  * triplet_scale: y = x * (acw[c, w] + ahc[c, h] + ahw[b, h, w]) * k   (ahw nullable);
  * triplet_dots:  scw[c, w] = sum_h dy x, shc[c, h] = sum_w dy x, shw[b, h, w] = sum_c dy x;
  * triplet_grad:  dx = dy (acw + ahc + ahw) + rw[c, w] + rh[c, h] + rs[b, h, w]. */
-void NAME(triplet_pool)(const T *x, int64_t rows, int64_t H, int64_t W, T *mh, T *ah, T *mw, T *aw,
-                        int64_t *ih, int32_t *ch, int64_t *iw, int32_t *cw, int nth) {
-    #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const T *p = x + r * H * W;
-        T *mh_ = mh + r * W, *ah_ = ah + r * W, *mw_ = mw + r * H, *aw_ = aw + r * H;
-        for (int64_t w = 0; w < W; w++) { mh_[w] = p[w]; ah_[w] = 0; }
-        for (int64_t h = 0; h < H; h++) {
-            const T *q = p + h * W;
-            T s = 0, m = q[0];
-            for (int64_t w = 0; w < W; w++) {
-                T v = q[w];
-                s += v; m = v > m ? v : m;
-                ah_[w] += v; mh_[w] = v > mh_[w] ? v : mh_[w];
-            }
-            if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
-            aw_[h] = s / (T)W; mw_[h] = m;
-        }
+static inline void NAME(triplet_pool_row)(const T *restrict p, int64_t H, int64_t W, T *restrict mh_,
+                                          T *restrict ah_, T *restrict mw_, T *restrict aw_,
+                                          int64_t *restrict ih_, int32_t *restrict ch_,
+                                          int64_t *restrict iw_, int32_t *restrict cw_) {
+    for (int64_t w = 0; w < W; w++) { mh_[w] = p[w]; ah_[w] = 0; }
+    int64_t h = 0;
+    for (; h + 4 <= H; h += 4) { /* four rows per sweep: short W loops amortised */
+        const T *q0 = p + h * W, *q1 = q0 + W, *q2 = q1 + W, *q3 = q2 + W;
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0, m0 = q0[0], m1 = q1[0], m2 = q2[0], m3 = q3[0];
+        #pragma omp simd reduction(+:s0, s1, s2, s3) reduction(max:m0, m1, m2, m3)
         for (int64_t w = 0; w < W; w++) {
-            if (ah_[w] != ah_[w]) for (int64_t h = 0; h < H; h++) if (p[h * W + w] != p[h * W + w]) { mh_[w] = p[h * W + w]; break; }
-            ah_[w] /= (T)H;
+            T v0 = q0[w], v1 = q1[w], v2 = q2[w], v3 = q3[w];
+            s0 += v0; s1 += v1; s2 += v2; s3 += v3;
+            m0 = v0 > m0 ? v0 : m0; m1 = v1 > m1 ? v1 : m1;
+            m2 = v2 > m2 ? v2 : m2; m3 = v3 > m3 ? v3 : m3;
+            T a = v0 > v1 ? v0 : v1, b = v2 > v3 ? v2 : v3, c = a > b ? a : b;
+            ah_[w] += (v0 + v1) + (v2 + v3);
+            mh_[w] = c > mh_[w] ? c : mh_[w];
         }
-        if (!ih) continue;
-        int64_t *ih_ = ih + r * W, *iw_ = iw + r * H;
-        int32_t *ch_ = ch + r * W, *cw_ = cw + r * H;
-        for (int64_t w = 0; w < W; w++) { ih_[w] = -1; ch_[w] = 0; }
-        for (int64_t h = 0; h < H; h++) {
-            const T *q = p + h * W;
-            int64_t first = -1; int32_t c = 0; T m = mw_[h];
-            for (int64_t w = 0; w < W; w++) {
-                T v = q[w];
-                if (v == m || (m != m && v != v)) { if (first < 0) first = w; c++; }
-                if (v == mh_[w] || (mh_[w] != mh_[w] && v != v)) { if (ih_[w] < 0) ih_[w] = h; ch_[w]++; }
-            }
-            iw_[h] = first < 0 ? 0 : first; cw_[h] = c;
+        T ss[4] = {s0, s1, s2, s3}, mm[4] = {m0, m1, m2, m3};
+        for (int j = 0; j < 4; j++) {
+            const T *q = q0 + j * W;
+            if (ss[j] != ss[j]) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { mm[j] = q[w]; break; }
+            aw_[h + j] = ss[j] / (T)W; mw_[h + j] = mm[j];
         }
-        for (int64_t w = 0; w < W; w++) if (ih_[w] < 0) ih_[w] = 0;
     }
+    for (; h < H; h++) {
+        const T *q = p + h * W;
+        T s = 0, m = q[0];
+        #pragma omp simd reduction(+:s) reduction(max:m)
+        for (int64_t w = 0; w < W; w++) { s += q[w]; m = q[w] > m ? q[w] : m; }
+        for (int64_t w = 0; w < W; w++) { ah_[w] += q[w]; mh_[w] = q[w] > mh_[w] ? q[w] : mh_[w]; }
+        if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
+        aw_[h] = s / (T)W; mw_[h] = m;
+    }
+    for (int64_t w = 0; w < W; w++) {
+        if (ah_[w] != ah_[w]) for (int64_t h = 0; h < H; h++) if (p[h * W + w] != p[h * W + w]) { mh_[w] = p[h * W + w]; break; }
+        ah_[w] /= (T)H;
+    }
+    if (!ih_) return;
+    for (int64_t w = 0; w < W; w++) { ih_[w] = -1; ch_[w] = 0; }
+    for (int64_t h = 0; h < H; h++) {
+        const T *q = p + h * W;
+        int64_t first = -1; int32_t c = 0; T m = mw_[h];
+        for (int64_t w = 0; w < W; w++) {
+            T v = q[w];
+            if (v == m || (m != m && v != v)) { if (first < 0) first = w; c++; }
+            if (v == mh_[w] || (mh_[w] != mh_[w] && v != v)) { if (ih_[w] < 0) ih_[w] = h; ch_[w]++; }
+        }
+        iw_[h] = first < 0 ? 0 : first; cw_[h] = c;
+    }
+    for (int64_t w = 0; w < W; w++) if (ih_[w] < 0) ih_[w] = 0;
 }
 
-void NAME(triplet_scale)(const T *x, const T *acw, const T *ahc, const T *ahw, int64_t B, int64_t C,
-                         int64_t H, int64_t W, T k, T *out, int nth) {
+void NAME(triplet_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W, T *restrict mh, T *restrict ah, T *restrict mw, T *restrict aw,
+                        int64_t *restrict ih, int32_t *restrict ch, int64_t *restrict iw, int32_t *restrict cw, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t r = 0; r < B * C; r++) {
-        const T *p = x + r * H * W, *a = acw + r * W, *bh = ahc + r * H;
-        const T *q = ahw ? ahw + (r / C) * H * W : NULL;
-        T *o = out + r * H * W;
-        for (int64_t h = 0; h < H; h++) {
-            T c0 = bh[h];
-            const T *qh = q ? q + h * W : NULL;
-            if (qh) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0 + qh[w]) * k);
-            else for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0) * k);
-        }
+    for (int64_t r = 0; r < rows; r++)
+        NAME(triplet_pool_row)(x + r * H * W, H, W, mh + r * W, ah + r * W, mw + r * H, aw + r * H,
+                               ih ? ih + r * W : NULL, ih ? ch + r * W : NULL,
+                               ih ? iw + r * H : NULL, ih ? cw + r * H : NULL);
+}
+
+/* one (b, c) row of triplet_scale; restrict-qualified parameters survive inlining
+ * (the OpenMP-outlined loop bodies lose them), so the short W loops need no
+ * run-time alias checks */
+static inline void NAME(triplet_scale_row)(const T *restrict p, const T *restrict a, const T *restrict bh,
+                                           const T *restrict q, int64_t H, int64_t W, T k, T *restrict o) {
+    for (int64_t h = 0; h < H; h++) {
+        T c0 = bh[h];
+        if (q) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0 + q[h * W + w]) * k);
+        else for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0) * k);
     }
 }
 
-void NAME(triplet_dots)(const T *dy, const T *x, int64_t B, int64_t C, int64_t H, int64_t W,
-                        T *scw, T *shc, T *shw, int nth) {
+void NAME(triplet_scale)(const T *restrict x, const T *restrict acw, const T *restrict ahc, const T *restrict ahw, int64_t B, int64_t C,
+                         int64_t H, int64_t W, T k, T *restrict out, int nth) {
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int64_t r = 0; r < B * C; r++)
+        NAME(triplet_scale_row)(x + r * H * W, acw + r * W, ahc + r * H, ahw ? ahw + (r / C) * H * W : NULL,
+                                H, W, k, out + r * H * W);
+}
+
+void NAME(triplet_dots)(const T *restrict dy, const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W,
+                        T *restrict scw, T *restrict shc, T *restrict shw, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t b = 0; b < B; b++) {
         T *sq = shw ? shw + b * H * W : NULL;
@@ -478,9 +510,9 @@ void NAME(triplet_dots)(const T *dy, const T *x, int64_t B, int64_t C, int64_t H
     }
 }
 
-void NAME(triplet_grad)(const T *dy, const T *acw, const T *ahc, const T *ahw, const T *rw,
-                        const T *rh, const T *rs, int64_t B, int64_t C, int64_t H, int64_t W,
-                        T *dx, int nth) {
+void NAME(triplet_grad)(const T *restrict dy, const T *restrict acw, const T *restrict ahc, const T *restrict ahw, const T *restrict rw,
+                        const T *restrict rh, const T *restrict rs, int64_t B, int64_t C, int64_t H, int64_t W,
+                        T *restrict dx, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < B * C; r++) {
         const T *d = dy + r * H * W, *a = acw + r * W, *bh = ahc + r * H;
