@@ -105,6 +105,8 @@ def table_rows(result: dict, compact: bool = False, extra_cols=None) -> tuple[li
 def describe_config(result: dict) -> str:
     c, e = result["config"], result["env"]
     parts = [f"dtype {c['dtype']}", f"{c['threads']} threads", "channels_last" if c["channels_last"] else "contiguous"]
+    if e.get("native_kernels"):
+        parts.append(f"native kernels {e['native_kernels']}")
     if result["kind"] == "models":
         parts.insert(0, f"input {_shape(c['shape'])}, attention at {c['where']!r}")
     return (

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..layers import native
 from . import measure as M
 from .options import (
     DEFAULT_MODEL_SHAPE,
@@ -69,6 +70,7 @@ def environment() -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "native_kernels": native.status(),
     }
 
 

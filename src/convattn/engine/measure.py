@@ -37,15 +37,16 @@ def _slow_conv_flop(x_shape, w_shape, _kernel, _bias, _stride, _padding, *args, 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from ..bench.measure import (  # one set of formulas for bench and reports
+        flop_formulas,
+        standard_path,
+    )
+
     was = model.training
     model.eval()
     x = torch.zeros(input_shape)
-    aten = torch.ops.aten
-    custom = {aten._slow_conv2d_forward: _slow_conv_flop}
-    if hasattr(aten, "slow_conv3d_forward"):
-        custom[aten.slow_conv3d_forward] = _slow_conv_flop
-    counter = FlopCounterMode(display=False, custom_mapping=custom)
-    with counter:
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with standard_path(model), counter:
         model(x)
     model.train(was)
     return int(counter.get_total_flops())
