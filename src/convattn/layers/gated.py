@@ -20,7 +20,9 @@ input gradient in one pass::
 
 Every module using it also has a plain PyTorch path (``impl="plain"`` or when the
 kernels are unusable); the tests compare the two in float64, values and gradients.
-Double backward is not supported through the fused path (use ``impl="plain"``).
+Double backward is not supported through the fused path: run inside
+``convattn.layers.native.disabled()`` (or with ``CONVATTN_NATIVE=0``) when a
+loss needs gradients of gradients (e.g. gradient penalties).
 """
 
 from __future__ import annotations
