@@ -308,3 +308,18 @@ def test_fresh_cache_builds_and_runs(tmp_path):
     out = _child({}, tmp_path)
     assert out[0] == "on" and out[-2:] == ["0", "True"]
     assert list((tmp_path / "cache" / "native").glob("*/gates.so"))
+
+
+def test_double_backward_needs_disabled():
+    m = convattn.create_attention("se", 16)
+    x = torch.randn(2, 16, 4, 4, requires_grad=True)
+
+    def penalty():
+        (g,) = torch.autograd.grad(m(x).square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        penalty()
+    with native.disabled():
+        penalty()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
