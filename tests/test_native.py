@@ -216,6 +216,7 @@ def test_kernels_against_torch():
     row, col = native.dots(dy, x, gs, g, 0)
     torch.testing.assert_close(row, (dy * x * gsv).sum((2, 3)), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(col, (dy * x * g[:, :, None, None]).sum(1).reshape(B, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(native.rowdot(x, gs), (x * gsv).sum((2, 3)), atol=1e-5, rtol=1e-5)
     u_, v_, rc, rs = torch.rand(B, C), torch.rand(B, 28), torch.rand(B, C), torch.rand(B, 28)
     ref = (
         dy * g[:, :, None, None] * gsv

@@ -118,6 +118,7 @@ class _CoordNative(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[override]
         x, gh, gw = ctx.saved_tensors
         z_l, g_h, g_w = ctx.graph
+        dy = dy.contiguous()  # once (the kernels need it; an expanded dY would be copied twice)
         H, W = x.shape[2:]
         dgh, dgw = native.coord_dots(dy, x, gh, gw)
         grads = torch.autograd.grad(

@@ -225,6 +225,7 @@ class _TripletNative(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):  # type: ignore[override]
         x, g_cw, g_hc, g_hw, *pools = ctx.saved_tensors
+        dy = dy.contiguous()  # once (the kernels need it; an expanded dY would be copied twice)
         B, C, H, W = x.shape
         with_c, k = ctx.with_c, ctx.k
         leaves, outs = ctx.graph

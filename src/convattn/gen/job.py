@@ -195,16 +195,26 @@ def run_generate(
 
     steps = len(digits.train_x) // base.batch_size
     out_variants: dict[str, dict[str, Any]] = {}
-    progress.overall(len(variants) * len(seeds), "generate")
+    n_runs = len(variants) * len(seeds)
+    progress.overall(n_runs, "generate")
+    progress.print(f"{n_runs} training(s) of {steps * base.epochs} G steps ({base.epochs} epochs of {steps} batches of "
+                   f"{base.batch_size}) on {torch.get_num_threads()} thread(s); G-EMA scored on {base.eval_samples} "
+                   "samples after every epoch")
+    t_start, k = time.perf_counter(), 0
     for v in variants:
         entry: dict[str, Any] = {"attention": None if v == BASELINE else v, "seeds": list(seeds),
                                  "class_accuracy": [], "frechet_distance": [], "history": [], "train_seconds": [],
                                  "resumed_from_epoch": [], "params_g": sizes[v][0], "params_d": sizes[v][1]}
         for i, seed in enumerate(seeds):
             cfg = dataclasses.replace(base, attention=entry["attention"], seed=seed)
+            k += 1
             res = train_gan(cfg, digits, meter, checkpoint_dir=run_dir / "runs" / f"{v}-seed{seed}",
-                            resume=resume, progress=progress, label=f"{v} seed {seed}")
+                            resume=resume, progress=progress, label=f"[{k}/{n_runs}] {v} seed {seed}")
             progress.overall_advance()
+            elapsed = time.perf_counter() - t_start
+            progress.print(f"[{k}/{n_runs}] {v} seed {seed} done: class acc {res.final['class_accuracy']:.3f}, "
+                           f"FD {res.final['frechet_distance']:.2f}; {elapsed:.0f} s elapsed, about "
+                           f"{elapsed / k * (n_runs - k):.0f} s to go")
             for m in METRICS:
                 entry[m].append(res.final[m])
             entry["history"].append(res.history)

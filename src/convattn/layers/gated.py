@@ -195,7 +195,7 @@ class _GatedFn(torch.autograd.Function):
                 if spec.sequential:
                     # mean_c (X gc): d/dX = gc[c] g_pmean[s] / C ; d/dgc[c] = sum_s X g_pmean / C
                     u, v = gc, g_pmean / C
-                    g_gc = g_gc + torch.bmm(x.view(B, C, S), v.unsqueeze(-1)).squeeze(-1)
+                    g_gc = g_gc + native.rowdot(x, v)
                 else:
                     rs = g_pmean / C
                 spatial_max = (pmax, pidx, pcnt, g_pmax)
@@ -208,7 +208,7 @@ class _GatedFn(torch.autograd.Function):
                 add_param_grads(grads[1:])
                 w = params[spec.linear_index].detach()
                 u, v = w.reshape(1, C).to(x.dtype).expand(B, C), g_logit
-                g_w = torch.bmm(x.view(B, C, S), g_logit.unsqueeze(-1)).sum(0).reshape(w.shape)
+                g_w = native.rowdot(x, g_logit).sum(0).reshape(w.shape)
                 add_param_grads([None] * spec.linear_index + [g_w.to(w.dtype)])
         channel_max = None
         if gc is not None:

@@ -77,6 +77,7 @@ _SIGNATURES = {
     "simam_bwd": [_P, _P, _I, _I, None, _P, _P, ctypes.c_int],
     "mlp2_sigmoid": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P],
     "conv1d_sigmoid": [_P, _I, _I, _I, _I, _P, _P, _P],
+    "rowdot": [_P, _P, _I, _I, _I, _P, ctypes.c_int],
     "coord_pool": [_P, _I, _I, _I, _P, ctypes.c_int],
     "coord_scale": [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
     "coord_dots": [_P, _P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_int],
@@ -345,6 +346,16 @@ def grad_input(
         _ptr(rs), dx.data_ptr(), _threads(),
     )
     return dx
+
+
+def rowdot(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_s x[b, c, s] v[b, s]``, (B, C), for x (B, C, *S) and v (B, S)."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    v = _small(v, x.dtype)
+    out = x.new_empty((B, C))
+    _fn("rowdot", x.dtype)(x.data_ptr(), v.data_ptr(), B, C, S, out.data_ptr(), _threads())
+    return out
 
 
 def simam_forward(x: torch.Tensor, e_lambda: float, want_a: bool = False):
