@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-critic", type=int, default=d["n_critic"], help=f"D steps per G step (default {d['n_critic']})")
     g.add_argument("--ema-decay", type=float, default=d["ema_decay"], help=f"decay of G-EMA (default {d['ema_decay']})")
     g.add_argument("--spectral-norm", choices=["both", "d", "none"], default=d["spectral_norm"],
-                   help=f"where to apply spectral norm (default {d['spectral_norm']}, as SAGAN)")
+                   help=f"where to apply spectral norm (default {d['spectral_norm']}; SAGAN uses both, which at this "
+                        "budget made G ignore z)")
     g.add_argument("--conditioning", choices=["cbn", "concat"], default=d["conditioning"],
                    help="class input of G: conditional BatchNorm (cbn, default) or an embedding concatenated to z")
     g.add_argument("--width", type=int, default=d["width"], help=f"base channel width of G and D (default {d['width']})")

@@ -6,8 +6,9 @@ minutes), but with SAGAN's ingredients (Zhang et al., ICML 2019):
 - self-attention (any registry key, ``sagan`` by default) at one feature-map
   resolution (7, 14 or 28) in both networks;
 - spectral norm (``torch.nn.utils.parametrizations.spectral_norm``) on every
-  conv and linear layer of D, and of G too by default as SAGAN does
-  (``spectral_norm="both" | "d" | "none"``), attention layers included;
+  conv and linear layer of D, and of G too if asked as SAGAN does
+  (``spectral_norm="both" | "d" | "none"`` in :class:`~convattn.gen.train.GenConfig`,
+  default ``"d"``: see :mod:`convattn.gen.train` for why), attention layers included;
 - the class enters G through conditional BatchNorm (``conditioning="cbn"``:
   BN without affine, then a per-class gain and bias from two embeddings, gain
   initialised to 1 and bias to 0, as in SAGAN/BigGAN) or by concatenating a

@@ -242,6 +242,14 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         f"({summary['steps_per_training']} G steps per training); width {cfg['width']}, z dim {cfg['z_dim']}; "
         f"EMA of G with decay {cfg['ema_decay']} (samples and metrics use G-EMA). Seeds {seeds}.",
         "",
+    ]
+    if cfg["spectral_norm"] != "both":
+        lines += [
+            "SAGAN also spectral-normalises G (`--spectral-norm both`); at a budget of a few thousand steps that "
+            "made G ignore z (one sample per class), so the default normalises D only (see `convattn.gen.train`).",
+            "",
+        ]
+    lines += [
         f"Wall time {summary['wall_seconds']:.1f} s (process CPU time {summary['cpu_seconds']:.1f} s) on "
         f"{summary['threads']} torch thread(s); load average of the machine {summary['load_average']['start']:.1f} at "
         f"the start and {summary['load_average']['end']:.1f} at the end (on {summary['cpus']} CPUs; a load above the "
@@ -315,7 +323,7 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
     for name, f in files.get("samples", {}).items():
         lines += [f"**{name}**", "", f"![samples {name}]({f})", ""]
     if files.get("real"):
-        lines += ["Real training digits for comparison:", "", f"![real digits]({files['real']})", ""]
+        lines += ["Real test digits for comparison:", "", f"![real digits]({files['real']})", ""]
     if files.get("curves"):
         lines += ["## Curves over training", "", f"![curves]({files['curves']})", ""]
     lines += [
