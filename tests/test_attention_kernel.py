@@ -25,7 +25,8 @@ def blocks_of(monkeypatch):
 
     def set_rows(rows, batch, n_keys):
         monkeypatch.setattr(ak, "CHUNK_ELEMENTS", rows * batch * n_keys)
-        assert ak._chunk_rows(batch, n_keys) == rows
+        monkeypatch.setattr(ak, "CHUNK_PER_OUTPUT", 0)
+        assert ak._chunk_rows(batch, 1, n_keys, 1) == rows
 
     return set_rows
 
@@ -159,6 +160,7 @@ def test_module_paths_agree_outputs_and_gradients(name, monkeypatch):
     # 24 x 20 positions: the paths run at a size where the kernels really differ;
     # chunked blocks of 7 query rows (480 or the pooled 120 keys: blocks do not divide)
     monkeypatch.setattr(ak, "CHUNK_ELEMENTS", 7 * 2 * 480)
+    monkeypatch.setattr(ak, "CHUNK_PER_OUTPUT", 0)
     torch.manual_seed(0)
     # eval mode: in train mode the non-local block's BN cancels its g and output
     # biases, whose true gradient is then 0 (only rounding noise to compare)
@@ -214,3 +216,11 @@ def test_sdpa_gradcheck_float64():
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, n, d, generator=g, dtype=torch.float64, requires_grad=True) for n, d in ((5, 2), (4, 2), (4, 6)))
     assert torch.autograd.gradcheck(lambda a, b, c: ak.attention(a, b, c, scale=1.0, path="sdpa"), (q, k, v))
+
+
+def test_block_size_rule():
+    # at least CHUNK_ELEMENTS scores per block, or as many as the output has elements
+    b, n = 2, 4096
+    assert ak._chunk_rows(b, n, n, 256) * b * n == max(ak.CHUNK_ELEMENTS, b * n * 256)
+    assert ak._chunk_rows(b, n, n, 512) == 2 * ak._chunk_rows(b, n, n, 256) or ak.CHUNK_ELEMENTS > b * n * 512
+    assert ak._chunk_rows(1, 4, 10**9, 1) == 1  # never 0 rows

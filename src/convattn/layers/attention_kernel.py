@@ -63,10 +63,14 @@ AUTO_CHUNKED_MIN_SCORES = 1 << 23
 #: former name, kept for callers written against the SDPA-only version
 AUTO_SDPA_MIN_SCORES = AUTO_CHUNKED_MIN_SCORES
 
-#: most scores (B x rows x M) the chunked path holds per block (2^21 = 8 MiB of
-#: float32): small enough to stay in cache, large enough that a block is a few big
-#: batched matmuls rather than many small ones
+#: scores (B x rows x M) the chunked path holds per block, at least (2^21 = 8 MiB of
+#: float32): large enough that a block is a few big batched matmuls rather than many
+#: small ones (each op is a synchronisation point of the intra-op threads)
 CHUNK_ELEMENTS = 1 << 21
+#: ... or up to this many times the output's size (B x N x d_v), if larger: the
+#: block then costs no more memory than the output (and q, k, v) already do, and
+#: wide values (d_v = 512) get fewer, larger blocks. 0 disables the rule.
+CHUNK_PER_OUTPUT = 1
 
 #: number of score elements (B * rows * M) held at once by the chunked map helpers
 MAP_CHUNK_ELEMENTS = 1 << 22
@@ -126,8 +130,10 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return out[..., :dv] if dv < width else out
 
 
-def _chunk_rows(batch: int, n_keys: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, batch * n_keys))
+def _chunk_rows(batch: int, n_queries: int, n_keys: int, d_v: int) -> int:
+    """Query rows per block of the chunked path (see ``CHUNK_ELEMENTS``)."""
+    elements = max(CHUNK_ELEMENTS, CHUNK_PER_OUTPUT * batch * n_queries * d_v)
+    return max(1, elements // max(1, batch * n_keys))
 
 
 class _Blocks:
@@ -164,7 +170,7 @@ def _chunked_forward(q, k, v, scale):
     B, N, _ = q.shape
     M, dv = k.shape[1], v.shape[-1]
     out = q.new_empty(B, N, dv)
-    rows = min(N, _chunk_rows(B, M))
+    rows = min(N, _chunk_rows(B, N, M, dv))
     buf = _Blocks(q, B, rows, {"s": M, "o": dv})
     qs = q * scale if scale != 1.0 else q  # (B, N, d_k): cheaper than scaling each block's scores
     kt = k.transpose(1, 2)
@@ -194,7 +200,7 @@ class _ChunkedAttention(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         B, N, width = q.shape
         M = k.shape[1]
-        rows = min(N, _chunk_rows(B, M))
+        rows = min(N, _chunk_rows(B, N, M, v.shape[-1]))
         buf = _Blocks(q, B, rows, {"p": M, "ds": M, "q": width})
         qs = q * scale if scale != 1.0 else q
         kt, vt = k.transpose(1, 2), v.transpose(1, 2)
