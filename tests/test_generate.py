@@ -289,3 +289,37 @@ def test_short_training_moves_samples_towards_real_digits(digits, classifier):
     fd = [r["frechet_distance"] for r in res.history]
     assert len(fd) == 4
     assert fd[-1] < 0.7 * untrained["frechet_distance"], (untrained, fd)  # measured 0.35-0.5 over seeds 0-2
+
+
+# ------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--variants", "none,nosuch"], "valid: none"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--batch-size", "65"], "larger than the training set"),
+        (["--attn-res", "9"], "resolution must be one of 7, 14, 28"),
+        (["--seeds", "0"], "--seeds must be"),
+        (["--eval-samples", "15"], "multiple of 10"),
+        (["--variants", "none,se", "--attn-res", "28"], "'se' does not fit the GAN at resolution 28"),
+    ],
+)
+def test_cli_errors(argv, needle, tmp_path, capsys):
+    out = tmp_path / "never"
+    rc, _, err = _run([*TINY, "--out", str(out), *argv], capsys)
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and needle in err
+    assert not out.exists()
+
+
+def test_cli_missing_resume_and_existing_out(tmp_path, capsys):
+    rc, _, err = _run(["--resume", str(tmp_path / "missing")], capsys)
+    assert rc == 2 and "no such run folder" in err
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("x")
+    rc, _, err = _run([*TINY, "--out", str(tmp_path / "exists")], capsys)
+    assert rc == 2 and "already exists" in err
+    assert [p.name for p in (tmp_path / "exists").iterdir()] == ["keep.txt"]

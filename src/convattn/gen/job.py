@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "beta1": 0.0,
     "beta2": 0.9,
     "n_critic": 1,
-    "ema_decay": 0.999,
+    "ema_decay": 0.99,
     "spectral_norm": "d",
     "conditioning": "cbn",
     "width": 32,
