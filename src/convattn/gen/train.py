@@ -22,16 +22,16 @@ classifier on 500 G-EMA samples (notes in benchmarks/results/generate.md):
 - spectral norm on D only (``spectral_norm="d"``; SAGAN also normalises G,
   ``--spectral-norm both`` restores that): with it on G as well and lr 1e-3,
   G learned the classes but ignored z (every sample of a class identical:
-  class accuracy 93-100 %, Frechet distance 119-171); without it, samples are
-  diverse and the Frechet distance fell from ~800 to 33-56 in 2,000 steps
-  while class accuracy rose to 68-80 %.
+  class accuracy 93-100 % but Frechet distance 119-121 after 1,500-2,000
+  steps); without it, samples are diverse and the Frechet distance fell from
+  ~800 to 33-56 in 2,000 steps while class accuracy rose to 68-80 %.
 - ``ema_decay = 0.99`` (SAGAN/BigGAN: 0.9999 over 100k+ steps): quality
   still rises steeply at the end of the budget, so a long average lags the
   live G; on the same training (seed 1) G-EMA scored class accuracy 78.4 %,
   FD 33.9 with 0.999 (effectively 0.9955 at step 2,000, see :class:`EMA`),
   82.8 % / 28.3 with 0.99, against 84.8 % / 26.2 for the live G.
 - the budget: class accuracy was still rising steeply at 2,000 steps (26 %
-  at 1,000, 43-50 % at 1,500, 68-80 % at 2,000), so ``--epochs`` above 16
+  at 1,000, 42-52 % at 1,500, 68-80 % at 2,000), so ``--epochs`` above 16
   gives better samples for proportionally more time.
 
 Reproducibility: the models are initialised right after
