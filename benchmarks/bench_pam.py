@@ -266,8 +266,8 @@ def _markdown(meta: dict, rows: list[dict], big: dict) -> str:
         "Ours uses `path=\"auto\"`: the plain matmul while N*N < "
         f"{meta.get('auto_chunked_min_scores', 0):,} scores per sample, above it the chunked path "
         f"(blocks of query rows holding max({meta.get('chunk_elements', 0):,}, B*N*C) scores across the batch, "
-        "recomputed block by block in the backward; q and k keep width C/8). Latency ratios of configurations run on the same kernel as naive "
-        "(N <= 2304) show the run-to-run noise on this shared machine.",
+        "recomputed block by block in the backward; q and k keep width C/8). On this shared machine one "
+        "configuration's latency ratio can move by tens of percent between runs of the same code.",
         "",
         "| mode | C | HxW | N | naive peak MiB | ours peak MiB | mem ratio | naive ms | ours ms | latency ratio | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
