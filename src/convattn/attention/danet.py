@@ -44,7 +44,7 @@ residual keeps the block the identity at initialisation, like each branch on its
 own, and keeps both learned terms exactly as in the paper.
 
 Memory: the position attention never holds the N x N matrix for large N; see
-:mod:`convattn.layers.attention_kernel` (``path="auto" | "matmul" | "sdpa"``).
+:mod:`convattn.layers.attention_kernel` (``path="auto" | "matmul" | "chunked" | "sdpa"``).
 
 Maps recorded under :func:`convattn.capture_maps`:
 
@@ -134,7 +134,7 @@ def position_attention(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
         Y = gamma * (V S^T) + X,  gamma = 0 at init
     """,
     url="https://arxiv.org/abs/1809.02983",
-    notes="Linear memory at large N (SDPA flash kernel with q/k zero-padded to C).",
+    notes="Linear memory at large N (chunked softmax attention with recomputation in the backward).",
 )
 class PAM(_PositionAttention):
     """DANet position attention.
@@ -142,7 +142,7 @@ class PAM(_PositionAttention):
     Args:
         channels: input channels C.
         reduction: query/key width ``C // reduction`` (default 8, the official code's).
-        path: attention kernel, ``"auto"`` (by size), ``"matmul"`` or ``"sdpa"``.
+        path: attention kernel, ``"auto"`` (by size), ``"matmul"``, ``"chunked"`` or ``"sdpa"``.
     """
 
     def __init__(self, channels: int, reduction: float = 8, path: str = "auto") -> None:
@@ -228,7 +228,7 @@ class DANet(AttentionModule):
         channels: input channels C.
         reduction: PAM query/key width ``C // reduction`` (default 8).
         energy: CAM energy, ``"official"`` or ``"paper"``.
-        path: PAM attention kernel, ``"auto"``, ``"matmul"`` or ``"sdpa"``.
+        path: PAM attention kernel, ``"auto"``, ``"matmul"``, ``"chunked"`` or ``"sdpa"``.
     """
 
     def __init__(self, channels: int, reduction: float = 8, energy: str = "official", path: str = "auto") -> None:

@@ -36,7 +36,7 @@ is computed as ``theta (phi^T g) / M``, the same product without the N x M
 matrix.
 
 Memory: the softmax variants use :mod:`convattn.layers.attention_kernel`
-(``path="auto" | "matmul" | "sdpa"``), which never holds the N x M matrix at
+(``path="auto" | "matmul" | "chunked" | "sdpa"``), which never holds the N x M matrix at
 large N.
 
 Maps recorded under :func:`convattn.capture_maps`: "spatial" (B, *S), the mean
@@ -101,7 +101,7 @@ class NonLocal(AttentionModule):
         mode: ``"embedded_gaussian"``, ``"gaussian"`` or ``"dot_product"``.
         subsample: max-pool keys and values by 2 per spatial dim (official: on).
         scale: ``True`` (d^-1/2, official), ``False`` (1) or a positive float.
-        path: attention kernel, ``"auto"``, ``"matmul"`` or ``"sdpa"``.
+        path: attention kernel, ``"auto"``, ``"matmul"``, ``"chunked"`` or ``"sdpa"``.
     """
 
     def __init__(

@@ -35,7 +35,7 @@ Forward, X of shape (B, C, *S) with 1, 2 or 3 spatial dims, N = prod(S)::
     Y = P * m
 
 Memory: the position attention uses :mod:`convattn.layers.attention_kernel`
-(``path="auto" | "matmul" | "sdpa"``), so it never holds the N x N matrix at
+(``path="auto" | "matmul" | "chunked" | "sdpa"``), so it never holds the N x N matrix at
 large N.
 
 Maps recorded under :func:`convattn.capture_maps`: "spatial" (B, *S), the mean
@@ -78,7 +78,7 @@ class PAMGate(AttentionModule):
         channels: input channels C.
         reduction: channel-gate hidden width ``C // reduction`` (default 16, the listing's).
         qk_reduction: query/key width ``C // qk_reduction`` (default 8, the listing's).
-        path: attention kernel, ``"auto"``, ``"matmul"`` or ``"sdpa"``.
+        path: attention kernel, ``"auto"``, ``"matmul"``, ``"chunked"`` or ``"sdpa"``.
     """
 
     def __init__(self, channels: int, reduction: float = 16, qk_reduction: float = 8, path: str = "auto") -> None:

@@ -24,7 +24,7 @@ weights; ``torch.nn.utils.parametrizations.spectral_norm`` with one power
 iteration per training forward).
 
 Memory: :mod:`convattn.layers.attention_kernel` (``path="auto" | "matmul" |
-"sdpa"``) never holds the N x M matrix at large N.
+"chunked" | "sdpa"``) never holds the N x M matrix at large N.
 
 Maps recorded under :func:`convattn.capture_maps`: "spatial" (B, *S), the mean
 attention each pooled key position receives, (1/N) sum_i beta_ij, spread evenly
@@ -73,7 +73,7 @@ class SAGANAttention(AttentionModule):
     Args:
         channels: input channels C (at least 8).
         spectral_norm: wrap the four convs in spectral normalisation (official: on).
-        path: attention kernel, ``"auto"``, ``"matmul"`` or ``"sdpa"``.
+        path: attention kernel, ``"auto"``, ``"matmul"``, ``"chunked"`` or ``"sdpa"``.
     """
 
     def __init__(self, channels: int, spectral_norm: bool = False, path: str = "auto") -> None:
