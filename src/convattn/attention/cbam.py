@@ -228,7 +228,7 @@ class CBAMSpatial(AttentionModule):
         affine map); otherwise :meth:`gate_from_pools`.
         """
         bn = self.bn
-        if mx.dim() != 3 or bn.training or bn.running_var is None or not native.usable(mx):
+        if mx.dim() != 3 or bn.training or bn.running_var is None:
             return self.gate_from_pools(mx, mean)
         first, second = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
         scale, shift = native.bn_affine(bn)
@@ -321,7 +321,7 @@ class CBAM(AttentionModule):
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         ch, sp = self.channel, self.spatial
-        params = ch.mlp_params() + sp.gate_params()
+        params = ch.mlp_params() + sp.gate_params() if torch.is_grad_enabled() else ()
         if wants_grad(x, params) or sp.bn.training:
             spec = GateSpec(
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True

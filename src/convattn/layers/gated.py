@@ -255,7 +255,9 @@ def _add_channel_max_gc(x, gc, spatial_max, g_gc):
 
 def wants_grad(x: torch.Tensor, params) -> bool:
     """Whether autograd records this call (then :func:`gated` uses the autograd function)."""
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in params)
 
 
 def fast_ok(module, x: torch.Tensor) -> bool:

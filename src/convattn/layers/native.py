@@ -206,25 +206,20 @@ def status() -> str:
 
 
 def _graph_capture() -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    if torch.compiler.is_compiling():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
+    # torch.jit.trace covers the TorchScript-based ONNX exporter; is_compiling covers
+    # dynamo, torch.export and the dynamo-based ONNX exporter
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return True
     return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
 
 
 def usable(x: torch.Tensor) -> bool:
     """True when the kernels may run on ``x`` (see the module docstring)."""
-    if type(x) is not torch.Tensor or _graph_capture():
+    if type(x) is not torch.Tensor or x.dtype not in _SUFFIX or not x.is_contiguous() or x.is_cuda:
         return False
-    if x.device.type != "cpu" or x.dtype not in _SUFFIX or x.dim() < 2 or not x.is_contiguous():
+    if x.device.type != "cpu" or x.dim() < 2 or x.numel() == 0 or _graph_capture() or not enabled():
         return False
-    if x.numel() == 0 or not enabled():
-        return False
-    return _load() is not None
+    return _lib is not None or _load() is not None
 
 
 def _fn(name: str, dtype: torch.dtype):
@@ -243,10 +238,9 @@ def _small(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """A small operand as a contiguous tensor of ``dtype`` (no copy when it already is)."""
     if t is None:
         return None
-    t = t.detach()
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return t.contiguous()
+    if t.dtype is dtype and t.is_contiguous():
+        return t  # (only the data pointer is used: no detach needed)
+    return t.detach().to(dtype).contiguous()
 
 
 # --------------------------------------------------------------------------- wrappers

@@ -25,6 +25,13 @@
 
 static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* compute-bound loops (exp per element) may use the full vector width */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WIDE __attribute__((target("prefer-vector-width=512")))
+#else
+#define WIDE
+#endif
+
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define NAME(f) CAT(f, SUF)

@@ -2,6 +2,46 @@
  * T (the element type), EXP (its exp function) and NAME(f) (f + type suffix)
  * defined. See gates.c for the conventions. */
 
+/* Sums with 32 independent partial sums (four 8-float registers): a single
+ * vector accumulator is bound by the add latency, not by memory. */
+static inline T NAME(sum_impl)(const T *restrict p, int64_t n) {
+    T acc[32];
+    for (int j = 0; j < 32; j++) acc[j] = 0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++) acc[j] += p[i + j];
+    T s = 0;
+    for (; i < n; i++) s += p[i];
+    for (int j = 0; j < 32; j++) s += acc[j];
+    return s;
+}
+
+/* sum and max together (max ignores NaN: the callers check the sum) */
+static inline void NAME(sum_max_impl)(const T *restrict p, int64_t n, T *sum, T *max) {
+    T acc[32], mx[32];
+    for (int j = 0; j < 32; j++) { acc[j] = 0; mx[j] = p[0]; }
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++) { T v = p[i + j]; acc[j] += v; mx[j] = v > mx[j] ? v : mx[j]; }
+    T s = 0, m = p[0];
+    for (; i < n; i++) { s += p[i]; m = p[i] > m ? p[i] : m; }
+    for (int j = 0; j < 32; j++) { s += acc[j]; m = mx[j] > m ? mx[j] : m; }
+    *sum = s; *max = m;
+}
+
+/* sum of (p - mu)^2 */
+static inline T NAME(sqdev_impl)(const T *restrict p, int64_t n, T mu) {
+    T acc[32];
+    for (int j = 0; j < 32; j++) acc[j] = 0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int j = 0; j < 32; j++) { T d = p[i + j] - mu; acc[j] += d * d; }
+    T s = 0;
+    for (; i < n; i++) { T d = p[i] - mu; s += d * d; }
+    for (int j = 0; j < 32; j++) s += acc[j];
+    return s;
+}
+
 /* max of n values, NaN ignored (the callers check for NaN through the sum). */
 static inline T NAME(row_max_impl)(const T *p, int64_t n) {
     T m = p[0];
@@ -18,13 +58,8 @@ void NAME(pool_spatial)(const T *restrict x, int64_t rows, int64_t S, T *restric
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S;
         T s = 0, m = p[0];
-        if (mx) {
-            #pragma omp simd reduction(+:s) reduction(max:m)
-            for (int64_t i = 0; i < S; i++) { s += p[i]; m = p[i] > m ? p[i] : m; }
-        } else {
-            #pragma omp simd reduction(+:s)
-            for (int64_t i = 0; i < S; i++) s += p[i];
-        }
+        if (mx) NAME(sum_max_impl)(p, S, &s, &m);
+        else s = NAME(sum_impl)(p, S);
         mean[r] = s / (T)S;
         if (!mx) continue;
         if (s != s) { /* a NaN somewhere (or inf - inf): torch.amax gives NaN if any */
@@ -197,14 +232,12 @@ void NAME(grad_input)(const T *restrict dy, const T *restrict x, const T *restri
 
 /* SimAM, per row: mu = mean, v = sum (x - mu)^2 / (S - 1), a = 1 / (4 (v + lam)), */
 /* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read once.          */
-void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *restrict out, T *restrict aout,
+WIDE void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *restrict out, T *restrict aout,
                      int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S; T *o = out + r * S;
-        T s = 0; for (int64_t i = 0; i < S; i++) s += p[i];
-        T mu = s / (T)S, q = 0;
-        for (int64_t i = 0; i < S; i++) { T d = p[i] - mu; q += d * d; }
+        T mu = NAME(sum_impl)(p, S) / (T)S, q = NAME(sqdev_impl)(p, S, mu);
         T a = (T)1 / ((T)4 * (q / (T)(S - 1) + lam));
         for (int64_t i = 0; i < S; i++) {
             T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP(-(a * d * d + (T)0.5)));
@@ -216,7 +249,7 @@ void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *res
 /* SimAM backward, per row. With d = x - mu, e = a d^2 + 1/2, g = sigmoid(e),      */
 /* y = x g: dL/de = dy x g (1 - g) = t; e depends on x through d and a:            */
 /* dx = dy g + 2 a t d - 2 a mean(t d)... written out in the Python docstring.     */
-void NAME(simam_bwd)(const T *restrict dy, const T *restrict x, int64_t rows, int64_t S, T lam,
+WIDE void NAME(simam_bwd)(const T *restrict dy, const T *restrict x, int64_t rows, int64_t S, T lam,
                      const T *restrict ain, T *restrict dx, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
@@ -334,20 +367,35 @@ void NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, in
  * coord_scale: y = x * gh[h] * gw[w];
  * coord_dots:  dgh[h] = sum_w dy x gw[w], dgw[w] = sum_h dy x gh[h];
  * coord_grad:  dx = dy gh[h] gw[w] + rh[h] + rw[w]. */
+static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t W, T *restrict a,
+                                        T *restrict bw) {
+    for (int64_t w = 0; w < W; w++) bw[w] = 0;
+    int64_t h = 0;
+    for (; h + 4 <= H; h += 4) { /* four rows per sweep: short W loops amortised */
+        const T *q0 = p + h * W, *q1 = q0 + W, *q2 = q1 + W, *q3 = q2 + W;
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        #pragma omp simd reduction(+:s0, s1, s2, s3)
+        for (int64_t w = 0; w < W; w++) {
+            T v0 = q0[w], v1 = q1[w], v2 = q2[w], v3 = q3[w];
+            s0 += v0; s1 += v1; s2 += v2; s3 += v3;
+            bw[w] += (v0 + v1) + (v2 + v3);
+        }
+        a[h] = s0 / (T)W; a[h + 1] = s1 / (T)W; a[h + 2] = s2 / (T)W; a[h + 3] = s3 / (T)W;
+    }
+    for (; h < H; h++) {
+        const T *q = p + h * W; T s = 0;
+        #pragma omp simd reduction(+:s)
+        for (int64_t w = 0; w < W; w++) { s += q[w]; bw[w] += q[w]; }
+        a[h] = s / (T)W;
+    }
+    for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
+}
+
 void NAME(coord_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W, T *restrict z, int nth) {
     /* z: (rows, H + W), the H means then the W means of each row */
     #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const T *p = x + r * H * W;
-        T *a = z + r * (H + W), *bw = a + H;
-        for (int64_t w = 0; w < W; w++) bw[w] = 0;
-        for (int64_t h = 0; h < H; h++) {
-            const T *q = p + h * W; T s = 0;
-            for (int64_t w = 0; w < W; w++) { s += q[w]; bw[w] += q[w]; }
-            a[h] = s / (T)W;
-        }
-        for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
-    }
+    for (int64_t r = 0; r < rows; r++)
+        NAME(coord_pool_row)(x + r * H * W, H, W, z + r * (H + W), z + r * (H + W) + H);
 }
 
 void NAME(coord_scale)(const T *restrict x, const T *restrict gh, const T *restrict gw, int64_t rows, int64_t H, int64_t W,
