@@ -42,7 +42,6 @@ scripting or compiling, only standard ops are used.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, native
