@@ -59,57 +59,25 @@ class GateSpec:
     linear_index: int = -1
 
 
-def _max_grad_spatial(dx, x, mx, idx, cnt, g, factor=None):
-    """dx (B, C, S) += g / cnt at every position where the row max is reached (in place)."""
-    B, C = g.shape
-    flat = dx.view(B * C, -1)
-    val = (g / cnt.to(g.dtype)).reshape(-1, 1)
-    flat.scatter_add_(1, idx.reshape(-1, 1), val)
-    ties = (cnt > 1).reshape(-1)
-    if bool(ties.any()):
-        rows = ties.nonzero().squeeze(1)
-        xr = x.reshape(B * C, -1)[rows]
-        mask = (xr == mx.reshape(-1, 1)[rows]) | (xr.isnan() & mx.reshape(-1, 1)[rows].isnan())
-        mask.scatter_(1, idx.reshape(-1, 1)[rows], False)  # the first one is added above
-        flat[rows] += mask.to(dx.dtype) * val[rows]
-
-
-def _max_grad_channel(dx, x, gc, mx, idx, cnt, g):
-    """dx (B, C, S) += the gradient of max_c (x * gc) (B, S) given dL/dmax = g (in place)."""
-    B, C = dx.shape[:2]
-    S = mx.shape[1]
-    gv = g / cnt.to(g.dtype)  # (B, S)
-    i3 = idx.view(B, 1, S)
-    if gc is not None:
-        dx.view(B, C, S).scatter_add_(1, i3, (gc.gather(1, idx) * gv).view(B, 1, S))
-    else:
-        dx.view(B, C, S).scatter_add_(1, i3, gv.view(B, 1, S))
-    ties = cnt > 1
-    if bool(ties.any()):
-        u = x.view(B, C, S) * (gc.unsqueeze(-1) if gc is not None else 1)
-        mask = (u == mx.unsqueeze(1)) & ties.unsqueeze(1)
-        mask.scatter_(1, i3, False)
-        m = mask.to(dx.dtype) * gv.unsqueeze(1)
-        if gc is not None:
-            dx.view(B, C, S).add_(m * gc.unsqueeze(-1))
-        else:
-            dx.view(B, C, S).add_(m)
-
-
-def scatter_max_grad(dx, x, mx, idx, cnt, g, dim: int) -> None:
-    """dx += the gradient of ``x.amax(dim)`` given dL/dmax = g, in place.
+def scatter_max_grad(dx, x, mx, idx, cnt, g, dim: int, weight=None) -> None:
+    """dx += the gradient of ``(x * weight).amax(dim)`` wrt x given dL/dmax = g, in place.
 
     mx, idx, cnt, g have x's shape without ``dim``: the max, its first arg-max and
-    the number of ties. As ``torch.amax``, a tie splits the gradient evenly.
+    the number of ties. ``weight`` (None = 1) broadcasts against x (CBAM's
+    max_c(X M_c)). As ``torch.amax``, a tie splits the gradient evenly.
     """
     share = (g / cnt.to(g.dtype)).unsqueeze(dim)
     index = idx.unsqueeze(dim)
-    dx.scatter_add_(dim, index, share)
+    w = None if weight is None else weight.expand_as(x)
+    dx.scatter_add_(dim, index, share if w is None else share * w.gather(dim, index))
     ties = cnt > 1
     if bool(ties.any()):
-        mask = ((x == mx.unsqueeze(dim)) | (x.isnan() & mx.unsqueeze(dim).isnan())) & ties.unsqueeze(dim)
+        u = x if w is None else x * w
+        m = mx.unsqueeze(dim)
+        mask = ((u == m) | (u.isnan() & m.isnan())) & ties.unsqueeze(dim)
         mask.scatter_(dim, index, False)  # the first one is added above
-        dx.add_(mask.to(dx.dtype) * share)
+        add = mask.to(dx.dtype) * share
+        dx.add_(add if w is None else add * w)
 
 
 def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -228,12 +196,14 @@ class _GatedFn(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             dx = native.grad_input(dy, x, gc, gs, spec.mode, u, v, rc, rs)
-            if spatial_max is not None:
+            d3, x3 = dx.view(B, C, S), x.view(B, C, S)
+            if spatial_max is not None:  # max over channels of X (or X * M_c): dim 1
                 pmax, pidx, pcnt, g_pmax = spatial_max
-                _max_grad_channel(dx, x, gc if spec.sequential else None, pmax, pidx, pcnt, g_pmax)
-            if channel_max is not None:
+                weight = gc.unsqueeze(-1) if spec.sequential else None
+                scatter_max_grad(d3, x3, pmax, pidx, pcnt, g_pmax, 1, weight)
+            if channel_max is not None:  # max over positions: dim 2
                 cmx, idx_c, cnt_c, g_mx = channel_max
-                _max_grad_spatial(dx, x, cmx, idx_c, cnt_c, g_mx)
+                scatter_max_grad(d3, x3, cmx, idx_c, cnt_c, g_mx, 2)
         return (dx, None, None, *pgrads)
 
 
