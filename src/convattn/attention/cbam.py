@@ -134,7 +134,7 @@ class CBAMChannel(AttentionModule):
         if fast_ok(self, x):
             params = self.mlp_params()
             if wants_grad(x, params):
-                return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)[0]
+                return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
             avg, mx = native.pool_spatial(x, want_max=True)[:2]
             return native.scale(x, self.gate_native(avg, mx), None)
         s = self.gate(x)
@@ -241,7 +241,7 @@ class CBAMSpatial(AttentionModule):
         if fast_ok(self, x):
             params = self.gate_params()
             if wants_grad(x, params) or self.bn.training:
-                return gated(x, GateSpec(spatial=self.gate_from_pools), params)[0]
+                return gated(x, GateSpec(spatial=self.gate_from_pools), params)
             B = x.shape[0]
             mean, mx = native.pool_channel(x)[:2]
             gs = self.gate_native(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
@@ -326,7 +326,7 @@ class CBAM(AttentionModule):
             spec = GateSpec(
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
             )
-            return gated(x, spec, params)[0]
+            return gated(x, spec, params)
         B = x.shape[0]
         avg, mx = native.pool_spatial(x, want_max=True)[:2]
         mc = ch.gate_native(avg, mx)

@@ -123,7 +123,7 @@ class ECA(AttentionModule):
         if fast_ok(self, x):
             params = (self.conv.weight,)
             if wants_grad(x, params):
-                return gated(x, GateSpec(channel=self.gate_from_mean), params)[0]
+                return gated(x, GateSpec(channel=self.gate_from_mean), params)
             z = native.pool_spatial(x)[0]
             return native.scale(x, native.conv1d_sigmoid(z, self.conv.weight, None, (self.kernel_size - 1) // 2), None)
         w = self.gate(x)

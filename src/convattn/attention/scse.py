@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, native
-from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, wants_grad
+from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, linear_logits, wants_grad
 from ..registry import register
 
 MERGES = ("max", "sum")
@@ -95,12 +95,6 @@ class _MaxMerge(torch.autograd.Function):
         ds = gx_s.sum(s_dims, keepdim=True)
         dq = gx.sum(1, keepdim=True).sub_(gx_s.sum(1, keepdim=True))
         return dx, ds, dq
-
-
-def _native_sse_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """w . x over channels, (B, S), in one native pass (no bias; no autograd)."""
-    B, C = x.shape[:2]
-    return native.pool_channel(x, weight.detach().reshape(1, C).expand(B, C), want_max=False)[0].mul_(C)
 
 
 def _max_merge(x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
@@ -150,8 +144,8 @@ class SSE(AttentionModule):
             params = (self.proj.weight, self.proj.bias)
             if wants_grad(x, params):
                 spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
-                return gated(x, spec, params)[0]
-            q = self.gate_from_logits(_native_sse_logits(x, self.proj.weight))
+                return gated(x, spec, params)
+            q = self.gate_from_logits(linear_logits(x, self.proj.weight).view(x.shape[:1] + x.shape[2:]))
             return native.scale(x, None, q)
         q = self.gate(x)
         self.record("spatial", q)
@@ -228,10 +222,10 @@ class SCSE(AttentionModule):
                 linear_index=4,
                 mode=mode,
             )
-            return gated(x, spec, params)[0]
+            return gated(x, spec, params)
         z = native.pool_spatial(x)[0]
         s = native.mlp2_sigmoid(z, None, *params[:4])
-        q = self.spatial_gate_from_logits(_native_sse_logits(x, self.proj.weight))
+        q = self.spatial_gate_from_logits(linear_logits(x, self.proj.weight).view(x.shape[:1] + x.shape[2:]))
         return native.scale(x, s, q, mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,6 @@ class SE(AttentionModule):
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if wants_grad(x, params):
-            return gated(x, GateSpec(channel=self.gate_from_mean), params)[0]
+            return gated(x, GateSpec(channel=self.gate_from_mean), params)
         z = native.pool_spatial(x)[0]
         return native.scale(x, native.mlp2_sigmoid(z, None, *params), None)

@@ -62,13 +62,10 @@ def pointwise_mlp(
 
 
 def _tracing() -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and compiler.is_compiling():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)())
+    """Whether a graph is being captured: jit trace/script (which the TorchScript-based
+    ONNX exporter uses), or dynamo (torch.compile, torch.export, the dynamo ONNX exporter).
+    Fast paths built from non-standard ops step aside then."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 #: positions per sample up to which ``narrow_conv`` prefers the native im2col kernel

@@ -27,7 +27,6 @@ loss needs gradients of gradients (e.g. gradient penalties).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,44 +83,51 @@ def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().requires_grad_(True)
 
 
+def linear_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """w . x over channels (an sSE 1x1 conv C -> 1 without bias), (B, S), one native pass."""
+    B, C = x.shape[:2]
+    return native.pool_channel(x, weight.detach().reshape(1, C).expand(B, C), want_max=False)[0].mul_(C)
+
+
+def _gates(x: torch.Tensor, spec: GateSpec, params: tuple, keep: bool):
+    """(gc (B, C) or None, gs (B, S) or None, state); with ``keep`` the gate networks run
+    on detached leaf inputs and ``state`` holds what the backward needs."""
+    B = x.shape[0]
+    sp = x.shape[2:]
+    leaf = _leaf if keep else (lambda t: t)
+    gc = gs = None
+    state: dict = {}
+    if spec.channel is not None:
+        avg, mx, idx_c, cnt_c = native.pool_spatial(x, spec.channel_max, keep and spec.channel_max)
+        avg_l, mx_l = leaf(avg), leaf(mx)
+        gc_out = spec.channel(avg_l, mx_l)
+        gc = gc_out.detach()
+        state["channel"] = (avg_l, mx_l, gc_out, mx, idx_c, cnt_c)
+    if spec.spatial is not None:
+        if spec.spatial_kind == "maxmean":
+            pmean, pmax, pidx, pcnt = native.pool_channel(x, gc if spec.sequential else None, True, keep)
+            pmax_l, pmean_l = leaf(pmax.view(B, *sp)), leaf(pmean.view(B, *sp))
+            gs_out = spec.spatial(pmax_l, pmean_l)
+            state["spatial"] = (pmax_l, pmean_l, gs_out, pmax, pidx, pcnt)
+        else:
+            logit_l = leaf(linear_logits(x, params[spec.linear_index]).view(B, *sp))
+            gs_out = spec.spatial(logit_l)
+            state["spatial"] = (logit_l, gs_out)
+        gs = gs_out.detach().reshape(B, -1)
+    return gc, gs, state
+
+
 class _GatedFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, spec: GateSpec, out: dict, *params):  # type: ignore[override]
-        B, C = x.shape[:2]
-        sp = x.shape[2:]
-        S = math.prod(sp)
-        ctx.spec = spec
-        gc = gs = None
+    def forward(ctx, x, spec: GateSpec, *params):  # type: ignore[override]
         with torch.enable_grad():
-            if spec.channel is not None:
-                avg, mx, idx_c, cnt_c = native.pool_spatial(x, spec.channel_max, spec.channel_max)
-                avg_l, mx_l = _leaf(avg), _leaf(mx)
-                gc_graph = spec.channel(avg_l, mx_l)
-                gc = gc_graph.detach()
-                ctx.channel = (avg_l, mx_l, gc_graph, mx, idx_c, cnt_c)
-            if spec.spatial is not None:
-                if spec.spatial_kind == "maxmean":
-                    pmean, pmax, pidx, pcnt = native.pool_channel(
-                        x, gc if spec.sequential else None, True, True
-                    )
-                    pmax_l, pmean_l = _leaf(pmax.view(B, *sp)), _leaf(pmean.view(B, *sp))
-                    gs_graph = spec.spatial(pmax_l, pmean_l)
-                    ctx.spatial = (pmax_l, pmean_l, gs_graph, pmax, pidx, pcnt)
-                else:
-                    w = params[spec.linear_index].detach().reshape(1, 1, C).to(x.dtype)
-                    logit = torch.bmm(w.expand(B, 1, C), x.view(B, C, S)).view(B, *sp)
-                    logit_l = _leaf(logit)
-                    gs_graph = spec.spatial(logit_l)
-                    ctx.spatial = (logit_l, gs_graph)
-                gs = gs_graph.detach().reshape(B, S)
-        y = native.scale(x, gc, gs, spec.mode)
-        out["channel"] = gc
-        out["spatial"] = None if gs is None else gs.view(B, *sp)
-        ctx.n_params = len(params)
-        ctx.params = params
-        ctx.save_for_backward(x, gc if gc is not None else x.new_empty(0), gs if gs is not None else x.new_empty(0))
+            gc, gs, state = _gates(x, spec, params, keep=True)
+        ctx.spec, ctx.params = spec, params
+        ctx.channel, ctx.spatial = state.get("channel"), state.get("spatial")
+        empty = x.new_empty(0)
+        ctx.save_for_backward(x, empty if gc is None else gc, empty if gs is None else gs)
         ctx.has = (gc is not None, gs is not None)
-        return y
+        return native.scale(x, gc, gs, spec.mode)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -204,7 +210,7 @@ class _GatedFn(torch.autograd.Function):
             if channel_max is not None:  # max over positions: dim 2
                 cmx, idx_c, cnt_c, g_mx = channel_max
                 scatter_max_grad(d3, x3, cmx, idx_c, cnt_c, g_mx, 2)
-        return (dx, None, None, *pgrads)
+        return (dx, None, *pgrads)
 
 
 def _add_channel_max_gc(x, gc, spatial_max, g_gc):
@@ -239,31 +245,14 @@ def fast_ok(module, x: torch.Tensor) -> bool:
     return getattr(module, "_map_sink", None) is None and native.usable(x)
 
 
-def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]):
-    """Y and the applied gates ``{"channel": gc (B, C) or None, "spatial": gs (B, *S) or None}``.
+def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Y for a gate described by ``spec`` (``params``: every parameter of its gate networks).
 
-    The caller checks :func:`convattn.layers.native.usable` first. With autograd
-    recording, runs as one autograd function; otherwise computes the same
-    forward without keeping anything.
+    The caller checks :func:`fast_ok` first. With autograd recording, runs as one
+    autograd function; otherwise computes the same forward without keeping anything.
     """
-    out: dict = {}
     if wants_grad(x, params):
-        y = _GatedFn.apply(x, spec, out, *params)
-        return y, out
+        return _GatedFn.apply(x, spec, *params)
     with torch.no_grad():
-        B, C = x.shape[:2]
-        sp = x.shape[2:]
-        S = math.prod(sp)
-        gc = gs = None
-        if spec.channel is not None:
-            avg, mx, _, _ = native.pool_spatial(x, spec.channel_max)
-            gc = spec.channel(avg, mx)
-        if spec.spatial is not None:
-            if spec.spatial_kind == "maxmean":
-                pmean, pmax, _, _ = native.pool_channel(x, gc if spec.sequential else None, True)
-                gs = spec.spatial(pmax.view(B, *sp), pmean.view(B, *sp))
-            else:
-                w = params[spec.linear_index].reshape(1, 1, C).to(x.dtype)
-                gs = spec.spatial(torch.bmm(w.expand(B, 1, C), x.view(B, C, S)).view(B, *sp))
-        y = native.scale(x, gc, None if gs is None else gs.reshape(B, S), spec.mode)
-    return y, {"channel": gc, "spatial": gs}
+        gc, gs, _ = _gates(x, spec, params, keep=False)
+        return native.scale(x, gc, gs, spec.mode)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from .fused import _tracing
+
 SOURCE = Path(__file__).with_name("csrc") / "gates.c"
 SOURCES = (SOURCE, SOURCE.with_name("gates_impl.h"))
 FLAGS = (
@@ -206,9 +208,8 @@ def status() -> str:
 
 
 def _graph_capture() -> bool:
-    # torch.jit.trace covers the TorchScript-based ONNX exporter; is_compiling covers
-    # dynamo, torch.export and the dynamo-based ONNX exporter
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    """A graph capture (:func:`convattn.layers.fused._tracing`) or any dispatch/function mode."""
+    if _tracing():
         return True
     return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
 
