@@ -130,6 +130,39 @@ def test_native_nan_propagates_like_plain(key, opts, shape):
         _compare(key, opts, x, torch.float64, train=False, atol=1e-12)
 
 
+GATE_EVAL_CASES = [
+    ("se", {}),
+    ("eca", {}),
+    ("cbam_channel", {"reduction": 4}),
+    ("cbam_spatial", {}),
+    ("cbam", {"reduction": 4}),
+    ("cbam", {"reduction": 4, "pool_order": "mean_max", "kernel_size": 5}),
+    ("sse", {}),
+    ("scse", {}),
+    ("scse", {"merge": "sum"}),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch, size", [(1, (5, 6)), (3, (5, 6)), (5, (33, 40))], ids=["B1", "B3", "B5-S1320"])
+@pytest.mark.parametrize("key, opts", GATE_EVAL_CASES, ids=[f"{k}-{len(o)}" for k, o in GATE_EVAL_CASES])
+def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, monkeypatch):
+    """Eval in one kernel call (gate_eval): whole samples per thread, the samples left over
+    stage by stage, positions in several chunks; float64, the plain path's values."""
+    called = []
+    real = native.gate_eval
+    monkeypatch.setattr(native, "gate_eval", lambda *a, **k: called.append(1) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch, 16, *size, dtype=torch.float64)
+        with torch.no_grad():
+            _compare(key, opts, x, torch.float64, train=False, atol=1e-12)
+    finally:
+        torch.set_num_threads(before)
+    assert called, "2-D eval without autograd runs in gate_eval"
+
+
 @pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
 def test_native_gradcheck(key):
     m = _module(key, {"reduction": 4} if key == "cbam" else {}, torch.float64).train()
@@ -154,7 +187,7 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.n = 0
-        for name in ("pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool"):
+        for name in ("pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool", "gate_eval"):
             fn = getattr(native, name)
 
             def wrapped(*a, _fn=fn, **k):

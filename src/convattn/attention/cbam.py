@@ -135,8 +135,7 @@ class CBAMChannel(AttentionModule):
             params = self.mlp_params()
             if wants_grad(x, params):
                 return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
-            avg, mx = native.pool_spatial(x, want_max=True)[:2]
-            return native.scale(x, self.gate_native(avg, mx), None)
+            return native.gate_eval(x, mlp=params, mlp_max=True)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
@@ -221,20 +220,16 @@ class CBAMSpatial(AttentionModule):
     def gate_params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p for p in (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias) if p is not None)
 
-    def gate_native(self, mx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """M_s (B, *S) from the pooled maps (B, *S); no autograd.
-
-        2-D with BN in eval: conv, BN and sigmoid in one kernel (BN folded into an
-        affine map); otherwise :meth:`gate_from_pools`.
-        """
+    def native_conv(self, x: torch.Tensor) -> tuple | None:
+        """``spatial_conv`` of :func:`convattn.layers.native.gate_eval` for ``x``: the 2-D
+        gate in eval with BN (and a conv bias) folded into scale and shift; None otherwise."""
         bn = self.bn
-        if mx.dim() != 3 or bn.training or bn.running_var is None:
-            return self.gate_from_pools(mx, mean)
-        first, second = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
+        if x.dim() != 4 or bn.training or bn.running_var is None:
+            return None
         scale, shift = native.bn_affine(bn)
         if self.conv.bias is not None:
             shift += float(self.conv.bias.item()) * scale
-        return native.conv2d_gate(first, second, self.conv.weight, scale, shift)
+        return (self.conv.weight, scale, shift, self.pool_order == "max_mean")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -242,9 +237,12 @@ class CBAMSpatial(AttentionModule):
             params = self.gate_params()
             if wants_grad(x, params) or self.bn.training:
                 return gated(x, GateSpec(spatial=self.gate_from_pools), params)
+            conv = self.native_conv(x)
+            if conv is not None:
+                return native.gate_eval(x, spatial_conv=conv)
             B = x.shape[0]
             mean, mx = native.pool_channel(x)[:2]
-            gs = self.gate_native(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
+            gs = self.gate_from_pools(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
             return native.scale(x, None, gs)
         s = self.gate(x)
         self.record("spatial", s)
@@ -327,11 +325,14 @@ class CBAM(AttentionModule):
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
             )
             return gated(x, spec, params)
+        conv = sp.native_conv(x)
+        if conv is not None:
+            return native.gate_eval(x, mlp=ch.mlp_params(), mlp_max=True, spatial_conv=conv, sequential=True)
         B = x.shape[0]
         avg, mx = native.pool_spatial(x, want_max=True)[:2]
         mc = ch.gate_native(avg, mx)
         mean, mxc = native.pool_channel(x, mc)[:2]
-        ms = sp.gate_native(mxc.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
+        ms = sp.gate_from_pools(mxc.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
         return native.scale(x, mc, ms)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:

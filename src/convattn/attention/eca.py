@@ -124,8 +124,7 @@ class ECA(AttentionModule):
             params = (self.conv.weight,)
             if wants_grad(x, params):
                 return gated(x, GateSpec(channel=self.gate_from_mean), params)
-            z = native.pool_spatial(x)[0]
-            return native.scale(x, native.conv1d_sigmoid(z, self.conv.weight, None, (self.kernel_size - 1) // 2), None)
+            return native.gate_eval(x, conv1d=self.conv.weight.view(-1))
         w = self.gate(x)
         self.record("channel", w)
         return x * unsqueeze_spatial(w, x.dim() - 2)

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, native
-from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, linear_logits, wants_grad
+from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
 MERGES = ("max", "sum")
@@ -145,8 +145,7 @@ class SSE(AttentionModule):
             if wants_grad(x, params):
                 spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
                 return gated(x, spec, params)
-            q = self.gate_from_logits(linear_logits(x, self.proj.weight).view(x.shape[:1] + x.shape[2:]))
-            return native.scale(x, None, q)
+            return native.gate_eval(x, linear=(self.proj.weight.view(-1), float(self.proj.bias.item())))
         q = self.gate(x)
         self.record("spatial", q)
         return x * q.unsqueeze(1)
@@ -223,10 +222,8 @@ class SCSE(AttentionModule):
                 mode=mode,
             )
             return gated(x, spec, params)
-        z = native.pool_spatial(x)[0]
-        s = native.mlp2_sigmoid(z, None, *params[:4])
-        q = self.spatial_gate_from_logits(linear_logits(x, self.proj.weight).view(x.shape[:1] + x.shape[2:]))
-        return native.scale(x, s, q, mode)
+        linear = (self.proj.weight.view(-1), float(self.proj.bias.item()))
+        return native.gate_eval(x, mlp=params[:4], linear=linear, mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -80,5 +80,4 @@ class SE(AttentionModule):
         params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if wants_grad(x, params):
             return gated(x, GateSpec(channel=self.gate_from_mean), params)
-        z = native.pool_spatial(x)[0]
-        return native.scale(x, native.mlp2_sigmoid(z, None, *params), None)
+        return native.gate_eval(x, mlp=params)

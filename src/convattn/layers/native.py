@@ -41,7 +41,7 @@ import torch
 from .fused import _tracing
 
 SOURCE = Path(__file__).with_name("csrc") / "gates.c"
-SOURCES = (SOURCE, SOURCE.with_name("gates_impl.h"))
+SOURCES = (SOURCE, SOURCE.with_name("gates_impl.h"), SOURCE.with_name("fused_impl.h"))
 FLAGS = (
     "-O3",
     "-march=native",
@@ -58,7 +58,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     # 256-bit vectors: the rows here are often short (7 to 56 values), where 512-bit
     # loops spend most of their time in scalar remainders (measured: 1.4x faster pools)
     FLAGS += ("-mprefer-vector-width=256",)
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -89,7 +89,10 @@ _SIGNATURES = {
     "triplet_dots": [_P, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int],
     "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
     "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
+    "gate_eval": [_P, _P, _P, ctypes.c_int],
 }
+#: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
+_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval"})
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -181,7 +184,7 @@ def _load() -> ctypes.CDLL | None:
                     for suffix, real in _SUFFIX.values():
                         fn = getattr(lib, f"{base}_{suffix}")
                         fn.argtypes = [real if a is None else a for a in argtypes]
-                        fn.restype = None
+                        fn.restype = ctypes.c_int if base in _RETURNS_STATUS else None
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
                 _error = f"{type(exc).__name__}: {exc}"
@@ -229,6 +232,11 @@ def _fn(name: str, dtype: torch.dtype):
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _check(status: int, name: str) -> None:
+    if status:
+        raise MemoryError(f"convattn native kernel {name}: could not allocate its workspace")
 
 
 def _threads() -> int:
@@ -409,9 +417,9 @@ def conv2d_gate(
     k = weight.shape[-1]
     p0, p1, weight = _small(p0, p0.dtype), _small(p1, p0.dtype), _small(weight, p0.dtype)
     out = p0.new_empty((B, H, W))
-    _fn("conv2d_gate", p0.dtype)(
+    _check(_fn("conv2d_gate", p0.dtype)(
         p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads()
-    )
+    ), "conv2d_gate")
     return out
 
 
@@ -528,3 +536,83 @@ def triplet_grad(dy, acw, ahc, ahw, rw, rh, rs) -> torch.Tensor:
         B, C, H, W, dx.data_ptr(), _threads(),
     )
     return dx
+
+
+# ------------------------------------------------------------- whole-module eval kernel
+
+
+class GateEvalArgs(ctypes.Structure):
+    """Mirror of ``gate_eval_args`` in csrc/gates.c (every field 8 bytes)."""
+
+    _fields_ = [
+        *[(n, ctypes.c_int64) for n in ("B", "C", "S", "H", "W", "ch_kind", "hidden")],
+        *[(n, ctypes.c_void_p) for n in ("w1", "b1", "w2", "b2")],
+        ("k1", ctypes.c_int64),
+        ("cw1", ctypes.c_void_p),
+        *[(n, ctypes.c_int64) for n in ("sp_kind", "sequential", "max_first", "k2")],
+        ("cw2", ctypes.c_void_p),
+        ("lw", ctypes.c_void_p),
+        ("s_scale", ctypes.c_double),
+        ("s_shift", ctypes.c_double),
+        ("mode", ctypes.c_int64),
+    ]
+
+
+_GE_MLP, _GE_MLP_MAX, _GE_CONV1D = 1, 2, 3
+_GE_SP_CONV, _GE_SP_LINEAR = 1, 2
+
+
+def gate_eval(
+    x: torch.Tensor,
+    *,
+    mlp: tuple | None = None,
+    mlp_max: bool = False,
+    conv1d: torch.Tensor | None = None,
+    spatial_conv: tuple | None = None,
+    linear: tuple | None = None,
+    sequential: bool = False,
+    mode: int = 0,
+) -> torch.Tensor:
+    """A pooled-gate module's output in eval, in one kernel call (no autograd).
+
+    Channel gate gc (B, C), at most one of:
+      ``mlp=(w1 (m, C), b1 (m,) | None, w2 (C, m), b2 (C,) | None)``: sigmoid(MLP(GAP X))
+      (``mlp_max=True``: sigmoid(MLP(GAP X) + MLP(GMP X)), CBAM);
+      ``conv1d=w (k,)``: sigmoid(conv1d(GAP X)) over channels, zero padding k // 2 (ECA).
+    Spatial gate gs (B, S), at most one of:
+      ``spatial_conv=(w (2, k, k), scale, shift, max_first)``: sigmoid(scale conv([max_c U; mean_c U]) + shift)
+      with U = X * gc if ``sequential`` else X (planes swapped if not ``max_first``); 2-D only;
+      ``linear=(w (C,), bias)``: sigmoid(w . X + bias) (sSE).
+    Y = X * G(gc, gs) with G as in :func:`scale` (``mode``).
+    """
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    dt = x.dtype
+    a = GateEvalArgs(B=B, C=C, S=S, mode=mode)
+    keep = []
+
+    def ptr(t):
+        if t is None:
+            return None
+        t = _small(t, dt)
+        keep.append(t)
+        return t.data_ptr()
+
+    if mlp is not None:
+        w1, b1, w2, b2 = mlp
+        a.ch_kind = _GE_MLP_MAX if mlp_max else _GE_MLP
+        a.hidden = w1.shape[0]
+        a.w1, a.b1, a.w2, a.b2 = ptr(w1), ptr(b1), ptr(w2), ptr(b2)
+    elif conv1d is not None:
+        a.ch_kind, a.k1, a.cw1 = _GE_CONV1D, conv1d.numel(), ptr(conv1d)
+    if spatial_conv is not None:
+        w, sc, sh, max_first = spatial_conv
+        a.sp_kind, a.H, a.W = _GE_SP_CONV, x.shape[2], x.shape[3]
+        a.k2, a.cw2, a.s_scale, a.s_shift = w.shape[-1], ptr(w), sc, sh
+        a.sequential, a.max_first = int(sequential), int(max_first)
+    elif linear is not None:
+        w, bias = linear
+        a.sp_kind, a.lw, a.s_shift = _GE_SP_LINEAR, ptr(w), bias
+    out = torch.empty_like(x)
+    _check(_fn("gate_eval", dt)(x.data_ptr(), ctypes.byref(a), out.data_ptr(), _threads()), "gate_eval")
+    return out

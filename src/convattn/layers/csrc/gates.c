@@ -57,10 +57,32 @@ static inline float exp_f32(float x) {
     return y * scale;
 }
 
+/* gate_eval's description of a module (see fused_impl.h); every field 8 bytes,
+ * mirrored by convattn.layers.native.GateEvalArgs. Pointers are to the element type. */
+enum { GE_NONE = 0, GE_MLP = 1, GE_MLP_MAX = 2, GE_CONV1D = 3 };  /* ch_kind */
+enum { GE_SP_CONV = 1, GE_SP_LINEAR = 2 };                        /* sp_kind */
+typedef struct {
+    int64_t B, C, S, H, W;
+    int64_t ch_kind;        /* channel gate: none, MLP(avg), MLP(avg) + MLP(max), conv1d(avg) */
+    int64_t hidden;         /* MLP: W1 (hidden, C), b1 (hidden), W2 (C, hidden), b2 (C); biases nullable */
+    const void *w1, *b1, *w2, *b2;
+    int64_t k1;             /* conv1d: k taps (odd), zero padding k / 2, no bias */
+    const void *cw1;
+    int64_t sp_kind;        /* spatial gate: none, k x k conv on two channel pools, linear (1x1 conv C -> 1) */
+    int64_t sequential;     /* conv: pool over x * gc instead of x */
+    int64_t max_first;      /* conv: input planes (max, mean) if 1, (mean, max) if 0 */
+    int64_t k2;             /* conv: (2, k, k) kernel, odd k, needs H * W == S */
+    const void *cw2;
+    const void *lw;         /* linear: (C,) weights */
+    double s_scale, s_shift; /* conv: sigmoid(scale conv + shift) (BN folded); linear: shift = bias */
+    int64_t mode;           /* merge of the gates: 0 product, 1 sum, 2 max (scSE) */
+} gate_eval_args;
+
 #define T float
 #define SUF f32
 #define EXP exp_f32
 #include "gates_impl.h"
+#include "fused_impl.h"
 #undef T
 #undef SUF
 #undef EXP
@@ -69,9 +91,10 @@ static inline float exp_f32(float x) {
 #define SUF f64
 #define EXP exp
 #include "gates_impl.h"
+#include "fused_impl.h"
 #undef T
 #undef SUF
 #undef EXP
 
-int convattn_abi_version(void) { return 1; }
+int convattn_abi_version(void) { return 2; }
 long long convattn_schunk(void) { return SCHUNK; }

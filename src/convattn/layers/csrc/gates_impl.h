@@ -51,29 +51,88 @@ static inline T NAME(row_max_impl)(const T *p, int64_t n) {
 }
 #define row_max NAME(row_max_impl)
 
+/* mean (and, with mx, max: NaN if any value is NaN, as torch.amax) of one row */
+static inline void NAME(pool_row)(const T *restrict p, int64_t S, T *mean, T *mx) {
+    T s = 0, m = p[0];
+    if (mx) NAME(sum_max_impl)(p, S, &s, &m);
+    else s = NAME(sum_impl)(p, S);
+    *mean = s / (T)S;
+    if (!mx) return;
+    if (s != s) { /* a NaN somewhere (or inf - inf): torch.amax gives NaN if any */
+        for (int64_t i = 0; i < S; i++) if (p[i] != p[i]) { m = p[i]; break; }
+    }
+    *mx = m;
+}
+
 /* mean (and max, first argmax, tie count) of every row over its S values. */
 void NAME(pool_spatial)(const T *restrict x, int64_t rows, int64_t S, T *restrict mean, T *restrict mx,
                         int64_t *restrict idx, int32_t *restrict cnt, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S;
-        T s = 0, m = p[0];
-        if (mx) NAME(sum_max_impl)(p, S, &s, &m);
-        else s = NAME(sum_impl)(p, S);
-        mean[r] = s / (T)S;
-        if (!mx) continue;
-        if (s != s) { /* a NaN somewhere (or inf - inf): torch.amax gives NaN if any */
-            for (int64_t i = 0; i < S; i++) if (p[i] != p[i]) { m = p[i]; break; }
+        NAME(pool_row)(p, S, mean + r, mx ? mx + r : NULL);
+        if (!idx) continue;
+        T m = mx[r];
+        int64_t first = -1; int32_t c = 0;
+        for (int64_t i = 0; i < S; i++) {
+            if (p[i] == m || (m != m && p[i] != p[i])) { if (first < 0) first = i; c++; }
         }
-        mx[r] = m;
-        if (idx) {
-            int64_t first = -1; int32_t c = 0;
-            for (int64_t i = 0; i < S; i++) {
-                if (p[i] == m || (m != m && p[i] != p[i])) { if (first < 0) first = i; c++; }
-            }
-            idx[r] = first < 0 ? 0 : first; cnt[r] = c;
+        idx[r] = first < 0 ? 0 : first; cnt[r] = c;
+    }
+}
+
+/* mean and max over channels of u = x * g[c] (g nullable: u = x) for the n <= SCHUNK
+ * positions s0 .. s0 + n of one sample xb (C rows of S values); mx, idx, cnt nullable.
+ * Output pointers point at position s0. */
+static void NAME(pool_channel_task)(const T *restrict xb, const T *restrict gb, int64_t C, int64_t S, int64_t s0,
+                                    int64_t n, T *restrict mb, T *restrict xo, int64_t *restrict ib,
+                                    int32_t *restrict cb) {
+    T acc[SCHUNK], m[SCHUNK];
+    xb += s0;
+    T g0 = gb ? gb[0] : (T)1;
+    for (int64_t i = 0; i < n; i++) { T u = xb[i] * g0; acc[i] = u; m[i] = u; }
+    int64_t c = 1;
+    for (; c + 4 <= C; c += 4) { /* four channels per sweep: fewer accumulator loads/stores */
+        const T *p0 = xb + c * S, *p1 = p0 + S, *p2 = p1 + S, *p3 = p2 + S;
+        T g0 = gb ? gb[c] : (T)1, g1 = gb ? gb[c + 1] : (T)1;
+        T g2 = gb ? gb[c + 2] : (T)1, g3 = gb ? gb[c + 3] : (T)1;
+        for (int64_t i = 0; i < n; i++) {
+            T u0 = p0[i] * g0, u1 = p1[i] * g1, u2 = p2[i] * g2, u3 = p3[i] * g3;
+            T a = u0 > u1 ? u0 : u1, b2 = u2 > u3 ? u2 : u3, mm = a > b2 ? a : b2;
+            acc[i] += (u0 + u1) + (u2 + u3);
+            m[i] = mm > m[i] ? mm : m[i];
         }
     }
+    for (; c < C; c++) {
+        const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
+        for (int64_t i = 0; i < n; i++) {
+            T u = p[i] * gc; acc[i] += u; m[i] = u > m[i] ? u : m[i];
+        }
+    }
+    for (int64_t i = 0; i < n; i++) mb[i] = acc[i] / (T)C;
+    if (!xo) return;
+    for (int64_t i = 0; i < n; i++) {
+        if (acc[i] != acc[i]) { /* NaN somewhere in this column */
+            for (int64_t c = 0; c < C; c++) {
+                T u = xb[c * S + i] * (gb ? gb[c] : (T)1);
+                if (u != u) { m[i] = u; break; }
+            }
+        }
+        xo[i] = m[i];
+    }
+    if (!ib) return;
+    for (int64_t i = 0; i < n; i++) { ib[i] = -1; cb[i] = 0; }
+    for (int64_t c = 0; c < C; c++) {
+        const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
+        for (int64_t i = 0; i < n; i++) {
+            T u = p[i] * gc;
+            if (u == m[i] || (m[i] != m[i] && u != u)) {
+                if (ib[i] < 0) ib[i] = c;
+                cb[i]++;
+            }
+        }
+    }
+    for (int64_t i = 0; i < n; i++) if (ib[i] < 0) ib[i] = 0;
 }
 
 /* mean and max over channels of u = x * g[b, c] (g nullable: u = x), per (b, s).   */
@@ -82,78 +141,31 @@ void NAME(pool_channel)(const T *restrict x, const T *restrict g, int64_t B, int
     int64_t nch = (S + SCHUNK - 1) / SCHUNK;
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t t = 0; t < B * nch; t++) {
-        int64_t b = t / nch, s0 = (t % nch) * SCHUNK, n = imin64(SCHUNK, S - s0);
-        T acc[SCHUNK], m[SCHUNK];
-        const T *xb = x + b * C * S + s0;
-        const T *gb = g ? g + b * C : NULL;
-        T g0 = gb ? gb[0] : (T)1;
-        for (int64_t i = 0; i < n; i++) { T u = xb[i] * g0; acc[i] = u; m[i] = u; }
-        int64_t c = 1;
-        for (; c + 4 <= C; c += 4) { /* four channels per sweep: fewer accumulator loads/stores */
-            const T *p0 = xb + c * S, *p1 = p0 + S, *p2 = p1 + S, *p3 = p2 + S;
-            T g0 = gb ? gb[c] : (T)1, g1 = gb ? gb[c + 1] : (T)1;
-            T g2 = gb ? gb[c + 2] : (T)1, g3 = gb ? gb[c + 3] : (T)1;
-            for (int64_t i = 0; i < n; i++) {
-                T u0 = p0[i] * g0, u1 = p1[i] * g1, u2 = p2[i] * g2, u3 = p3[i] * g3;
-                T a = u0 > u1 ? u0 : u1, b2 = u2 > u3 ? u2 : u3, mm = a > b2 ? a : b2;
-                acc[i] += (u0 + u1) + (u2 + u3);
-                m[i] = mm > m[i] ? mm : m[i];
-            }
-        }
-        for (; c < C; c++) {
-            const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
-            for (int64_t i = 0; i < n; i++) {
-                T u = p[i] * gc; acc[i] += u; m[i] = u > m[i] ? u : m[i];
-            }
-        }
-        T *mb = mean + b * S + s0;
-        for (int64_t i = 0; i < n; i++) mb[i] = acc[i] / (T)C;
-        if (!mx) continue;
-        T *xo = mx + b * S + s0;
-        for (int64_t i = 0; i < n; i++) {
-            if (acc[i] != acc[i]) { /* NaN somewhere in this column */
-                for (int64_t c = 0; c < C; c++) {
-                    T u = xb[c * S + i] * (gb ? gb[c] : (T)1);
-                    if (u != u) { m[i] = u; break; }
-                }
-            }
-            xo[i] = m[i];
-        }
-        if (!idx) continue;
-        int64_t *ib = idx + b * S + s0; int32_t *cb = cnt + b * S + s0;
-        for (int64_t i = 0; i < n; i++) { ib[i] = -1; cb[i] = 0; }
-        for (int64_t c = 0; c < C; c++) {
-            const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
-            for (int64_t i = 0; i < n; i++) {
-                T u = p[i] * gc;
-                if (u == m[i] || (m[i] != m[i] && u != u)) {
-                    if (ib[i] < 0) ib[i] = c;
-                    cb[i]++;
-                }
-            }
-        }
-        for (int64_t i = 0; i < n; i++) if (ib[i] < 0) ib[i] = 0;
+        int64_t b = t / nch, s0 = (t % nch) * SCHUNK, n = imin64(SCHUNK, S - s0), o = b * S + s0;
+        NAME(pool_channel_task)(x + b * C * S, g ? g + b * C : NULL, C, S, s0, n, mean + o, mx ? mx + o : NULL,
+                                idx ? idx + o : NULL, idx ? cnt + o : NULL);
     }
 }
 
 /* out = x * gate, gate from gc (B, C) and gs (B, S), either nullable:              */
 /* mode 0: gc * gs; mode 1: gc + gs; mode 2: max(x gc, x gs) / x (scSE max merge).  */
+static inline void NAME(scale_row)(const T *restrict p, T a, const T *restrict q, int64_t S, int mode,
+                                   T *restrict o) {
+    if (!q) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a; }
+    else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a * q[i]; }
+    else if (mode == 1) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * (a + q[i]); }
+    else {
+        for (int64_t i = 0; i < S; i++) {
+            T u = p[i] * a, v = p[i] * q[i]; o[i] = (u >= v || u != u) ? u : v;
+        }
+    }
+}
+
 void NAME(scale)(const T *restrict x, const T *restrict gc, const T *restrict gs, int64_t B, int64_t C,
                  int64_t S, int mode, T *restrict out, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t r = 0; r < B * C; r++) {
-        const T *p = x + r * S; T *o = out + r * S;
-        const T *q = gs ? gs + (r / C) * S : NULL;
-        T a = gc ? gc[r] : (T)1;
-        if (!q) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a; }
-        else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a * q[i]; }
-        else if (mode == 1) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * (a + q[i]); }
-        else {
-            for (int64_t i = 0; i < S; i++) {
-                T u = p[i] * a, v = p[i] * q[i]; o[i] = (u >= v || u != u) ? u : v;
-            }
-        }
-    }
+    for (int64_t r = 0; r < B * C; r++)
+        NAME(scale_row)(x + r * S, gc ? gc[r] : (T)1, gs ? gs + (r / C) * S : NULL, S, mode, out + r * S);
 }
 
 /* row[b, c] = sum_s a * b2 * w[b, s] (w nullable) and col[b, s] = sum_c a * b2 *   */
@@ -324,42 +336,73 @@ void NAME(conv1d_sigmoid)(const T *restrict z, int64_t B, int64_t C, int64_t k, 
 /* A k x k conv gate in eval, 2-D: out = sigmoid(scale * conv(P) + shift), P the
  * I = 1 or 2 planes p0, p1 (each (B, H, W), p1 nullable), one output channel,
  * kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). BN in eval and a
- * conv bias fold into scale and shift. (CBAM's and triplet attention's gates.) */
-void NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int64_t H, int64_t W,
-                       const T *restrict w, int64_t k, T scale, T shift, T *restrict out, int nth) {
+ * conv bias fold into scale and shift. (CBAM's and triplet attention's gates.)
+ *
+ * Each sample's I planes are copied into zero-padded planes of width
+ * Wp = W + 2 pad; every kernel row (i, dy) is then one long contiguous pass over
+ * the flattened H x Wp output, all k taps of the row per output value (k
+ * multiply-adds per accumulator load and store); the pad columns compute values
+ * that are thrown away. Vectorises well even for small W. */
+static int64_t NAME(conv2d_ws)(int64_t H, int64_t W, int64_t k) { /* workspace values per sample */
+    int64_t pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad;
+    return 2 * Hp * Wp + 2 * pad + H * Wp;
+}
+
+static void NAME(conv2d_sample)(const T *restrict p0, const T *restrict p1, int64_t H, int64_t W,
+                                const T *restrict w, int64_t k, T scale, T shift, T *restrict o, T *restrict ws) {
     int64_t I = p1 ? 2 : 1;
-    /* Each sample's I planes are copied into zero-padded planes of width
-     * Wp = W + 2 pad; every tap (i, dy, dx) is then one long contiguous
-     * multiply-add over the flattened H x Wp output (the pad columns compute
-     * values that are thrown away), which vectorises well even for small W. */
-    int64_t pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad, n = H * Wp;
-    #pragma omp parallel for num_threads(nth) schedule(static)
-    for (int64_t b = 0; b < B; b++) {
-        T *pin = (T *)calloc((size_t)(I * Hp * Wp + 2 * pad), sizeof(T));
-        T *acc = (T *)calloc((size_t)n, sizeof(T));
-        if (!pin || !acc) { free(pin); free(acc); continue; } /* out left as is: checked by the caller */
-        for (int64_t i = 0; i < I; i++)
-            for (int64_t y = 0; y < H; y++)
-                memcpy(pin + (i * Hp + y + pad) * Wp + pad, (i ? p1 : p0) + (b * H + y) * W, (size_t)W * sizeof(T));
-        /* blocks of output rows so that the accumulator block stays in L1 */
-        int64_t rows_per = 2048 / Wp > 0 ? 2048 / Wp : 1;
-        for (int64_t y0 = 0; y0 < H; y0 += rows_per) {
-            int64_t j0 = y0 * Wp, j1 = (y0 + rows_per < H ? y0 + rows_per : H) * Wp;
-            for (int64_t i = 0; i < I; i++)
-                for (int64_t dy = 0; dy < k; dy++)
-                    for (int64_t dx = 0; dx < k; dx++) {
-                        T wv = w[(i * k + dy) * k + dx];
-                        const T *src = pin + (i * Hp + dy) * Wp + dx;
-                        for (int64_t j = j0; j < j1; j++) acc[j] += wv * src[j];
-                    }
-        }
-        T *o = out + b * H * W;
+    int64_t pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad;
+    T *restrict pin = ws, *restrict acc = ws + 2 * Hp * Wp + 2 * pad;
+    memset(pin, 0, (size_t)(I * Hp * Wp + 2 * pad) * sizeof(T));
+    for (int64_t i = 0; i < I; i++)
         for (int64_t y = 0; y < H; y++)
-            for (int64_t x = 0; x < W; x++)
-                o[y * W + x] = (T)1 / ((T)1 + EXP(-(scale * acc[y * Wp + x] + shift)));
-        free(pin);
-        free(acc);
+            memcpy(pin + (i * Hp + y + pad) * Wp + pad, (i ? p1 : p0) + y * W, (size_t)W * sizeof(T));
+    /* blocks of output rows so that the accumulator block stays in L1 */
+    int64_t rows_per = 2048 / Wp > 0 ? 2048 / Wp : 1;
+    for (int64_t y0 = 0; y0 < H; y0 += rows_per) {
+        int64_t j0 = y0 * Wp, j1 = (y0 + rows_per < H ? y0 + rows_per : H) * Wp;
+        for (int64_t j = j0; j < j1; j++) acc[j] = 0;
+        for (int64_t i = 0; i < I; i++)
+            for (int64_t dy = 0; dy < k; dy++) {
+                const T *wr = w + (i * k + dy) * k;
+                const T *src = pin + (i * Hp + dy) * Wp;
+                if (k == 7) {
+                    T w0 = wr[0], w1 = wr[1], w2 = wr[2], w3 = wr[3], w4 = wr[4], w5 = wr[5], w6 = wr[6];
+                    for (int64_t j = j0; j < j1; j++)
+                        acc[j] += ((w0 * src[j] + w1 * src[j + 1]) + (w2 * src[j + 2] + w3 * src[j + 3])) +
+                                  ((w4 * src[j + 4] + w5 * src[j + 5]) + w6 * src[j + 6]);
+                } else if (k == 3) {
+                    T w0 = wr[0], w1 = wr[1], w2 = wr[2];
+                    for (int64_t j = j0; j < j1; j++) acc[j] += (w0 * src[j] + w1 * src[j + 1]) + w2 * src[j + 2];
+                } else {
+                    for (int64_t dx = 0; dx < k; dx++) {
+                        T wv = wr[dx];
+                        for (int64_t j = j0; j < j1; j++) acc[j] += wv * src[j + dx];
+                    }
+                }
+            }
     }
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t x = 0; x < W; x++)
+            o[y * W + x] = (T)1 / ((T)1 + EXP(-(scale * acc[y * Wp + x] + shift)));
+}
+
+/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
+int NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int64_t H, int64_t W,
+                      const T *restrict w, int64_t k, T scale, T shift, T *restrict out, int nth) {
+    int64_t nws = NAME(conv2d_ws)(H, W, k);
+    int failed = 0;
+    #pragma omp parallel num_threads(nth) reduction(|:failed)
+    {
+        T *ws = (T *)malloc((size_t)nws * sizeof(T));
+        if (!ws) failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++)
+            if (ws) NAME(conv2d_sample)(p0 + b * H * W, p1 ? p1 + b * H * W : NULL, H, W, w, k, scale, shift,
+                                        out + b * H * W, ws);
+        free(ws);
+    }
+    return failed;
 }
 
 /* Coordinate attention, per row (b, c) of H x W values:
