@@ -275,6 +275,25 @@ def test_kernels_against_torch():
     torch.testing.assert_close(simam_y, ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("W", [3, 4, 7, 8, 12, 28, 56, 130])
+def test_short_row_pools_every_width(W, dtype):
+    """coord_pool and triplet_pool take explicit vectors with a masked tail for most
+    widths, plain loops for very short or long rows: all agree with torch, inf and NaN included."""
+    torch.manual_seed(W)
+    x = torch.randn(2, 3, 5, W, dtype=dtype)
+    x[0, 1, 2, W - 1] = float("inf")  # in the masked tail's lanes for most W
+    x[1, 2, 3, 0] = float("nan")
+    x[1, 0, :, W // 2] = -float("inf")
+    z = native.coord_pool(x)
+    torch.testing.assert_close(z, torch.cat((x.mean(3), x.mean(2)), 2), equal_nan=True)
+    mh, ah, mw, aw = native.triplet_pool(x)[:4]
+    torch.testing.assert_close(mh, x.amax(2), equal_nan=True)
+    torch.testing.assert_close(ah, x.mean(2), equal_nan=True)
+    torch.testing.assert_close(mw, x.amax(3), equal_nan=True)
+    torch.testing.assert_close(aw, x.mean(3), equal_nan=True)
+
+
 def test_scatter_max_grad_splits_ties():
     x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     mx, idx, cnt = x.amax(1), x.argmax(1), (x == x.amax(1, keepdim=True)).sum(1).to(torch.int32)

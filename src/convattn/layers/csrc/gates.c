@@ -78,21 +78,29 @@ typedef struct {
     int64_t mode;           /* merge of the gates: 0 product, 1 sum, 2 max (scSE) */
 } gate_eval_args;
 
+#ifndef VBYTES
+#define VBYTES 32 /* explicit vectors: 8 floats / 4 doubles (AVX2, two NEON registers) */
+#endif
+
 #define T float
+#define IT int32_t
 #define SUF f32
 #define EXP exp_f32
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef T
+#undef IT
 #undef SUF
 #undef EXP
 
 #define T double
+#define IT int64_t
 #define SUF f64
 #define EXP exp
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef T
+#undef IT
 #undef SUF
 #undef EXP
 

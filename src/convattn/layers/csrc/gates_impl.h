@@ -410,27 +410,55 @@ int NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int
  * coord_scale: y = x * gh[h] * gw[w];
  * coord_dots:  dgh[h] = sum_w dy x gw[w], dgw[w] = sum_h dy x gh[h];
  * coord_grad:  dx = dy gh[h] gw[w] + rh[h] + rw[w]. */
+/* Short rows (W = 7 .. 56 values: row and column sums of a small plane) in
+ * explicit vectors of VL values (GCC/Clang vector extensions): a row is
+ * W / VL full vectors plus, when W is not a multiple of VL, one vector loaded at
+ * W - VL with its already-counted lanes masked off (no scalar remainder loop).
+ * The column sums of the full vectors live in a small array (same addresses every
+ * row) and those of the masked tail in a register. */
+#define VL ((int64_t)(VBYTES / sizeof(T)))
+#define MAXV 16 /* rows up to MAXV * VL values take the vector path */
+typedef T NAME(vec) __attribute__((vector_size(VBYTES)));
+typedef IT NAME(ivec) __attribute__((vector_size(VBYTES)));
+#define vec NAME(vec)
+#define ivec NAME(ivec)
+
+static inline vec NAME(vload)(const T *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+static inline void NAME(vstore)(T *p, vec v) { memcpy(p, &v, sizeof v); }
+static inline T NAME(vsum)(vec v) { T s = 0; for (int64_t i = 0; i < VL; i++) s += v[i]; return s; }
+/* lanes >= VL - tail kept, the others zeroed (bitwise: inf and NaN stay intact) */
+static inline ivec NAME(tail_mask)(int64_t tail) {
+    ivec m;
+    for (int64_t i = 0; i < VL; i++) m[i] = i >= VL - tail ? (IT)-1 : 0;
+    return m;
+}
+
 static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t W, T *restrict a,
                                         T *restrict bw) {
-    for (int64_t w = 0; w < W; w++) bw[w] = 0;
-    int64_t h = 0;
-    for (; h + 4 <= H; h += 4) { /* four rows per sweep: short W loops amortised */
-        const T *q0 = p + h * W, *q1 = q0 + W, *q2 = q1 + W, *q3 = q2 + W;
-        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        #pragma omp simd reduction(+:s0, s1, s2, s3)
-        for (int64_t w = 0; w < W; w++) {
-            T v0 = q0[w], v1 = q1[w], v2 = q2[w], v3 = q3[w];
-            s0 += v0; s1 += v1; s2 += v2; s3 += v3;
-            bw[w] += (v0 + v1) + (v2 + v3);
+    int64_t nf = W / VL, tail = W - nf * VL;
+    if (nf == 0 || nf > MAXV) { /* very short or long rows: plain loops */
+        for (int64_t w = 0; w < W; w++) bw[w] = 0;
+        for (int64_t h = 0; h < H; h++) {
+            const T *q = p + h * W; T s = 0;
+            #pragma omp simd reduction(+:s)
+            for (int64_t w = 0; w < W; w++) { s += q[w]; bw[w] += q[w]; }
+            a[h] = s / (T)W;
         }
-        a[h] = s0 / (T)W; a[h + 1] = s1 / (T)W; a[h + 2] = s2 / (T)W; a[h + 3] = s3 / (T)W;
+        for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
+        return;
     }
-    for (; h < H; h++) {
-        const T *q = p + h * W; T s = 0;
-        #pragma omp simd reduction(+:s)
-        for (int64_t w = 0; w < W; w++) { s += q[w]; bw[w] += q[w]; }
-        a[h] = s / (T)W;
+    vec cacc[MAXV], ctail = {0}, zero = {0};
+    ivec mask = NAME(tail_mask)(tail);
+    for (int64_t k = 0; k < nf; k++) cacc[k] = zero;
+    for (int64_t h = 0; h < H; h++) {
+        const T *q = p + h * W;
+        vec acc = zero;
+        for (int64_t k = 0; k < nf; k++) { vec v = NAME(vload)(q + k * VL); acc += v; cacc[k] += v; }
+        if (tail) { vec v = (vec)((ivec)NAME(vload)(q + W - VL) & mask); acc += v; ctail += v; }
+        a[h] = NAME(vsum)(acc) / (T)W;
     }
+    for (int64_t k = 0; k < nf; k++) NAME(vstore)(bw + k * VL, cacc[k]);
+    if (tail) for (int64_t w = W - tail; w < W; w++) bw[w] = ctail[w - (W - VL)];
     for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
 }
 
@@ -497,6 +525,40 @@ static inline void NAME(triplet_pool_row)(const T *restrict p, int64_t H, int64_
                                           T *restrict ah_, T *restrict mw_, T *restrict aw_,
                                           int64_t *restrict ih_, int32_t *restrict ch_,
                                           int64_t *restrict iw_, int32_t *restrict cw_) {
+    int64_t nf = W / VL, tail = W - nf * VL;
+    if (nf > 0 && nf <= MAXV) {
+        /* vector path: row sums/maxes in registers, column sums/maxes in small arrays */
+        vec csum[MAXV], cmax[MAXV], zero = {0}, ninf, tsum = {0}, tmax;
+        for (int64_t i = 0; i < VL; i++) ninf[i] = -(T)INFINITY;
+        tmax = ninf;
+        ivec mask = NAME(tail_mask)(tail);
+        for (int64_t k = 0; k < nf; k++) { csum[k] = zero; cmax[k] = ninf; }
+        for (int64_t h = 0; h < H; h++) {
+            const T *q = p + h * W;
+            vec acc = zero, mx = ninf;
+            for (int64_t k = 0; k < nf; k++) {
+                vec v = NAME(vload)(q + k * VL);
+                acc += v; csum[k] += v;
+                ivec gt = v > mx; mx = (vec)(((ivec)v & gt) | ((ivec)mx & ~gt));
+                gt = v > cmax[k]; cmax[k] = (vec)(((ivec)v & gt) | ((ivec)cmax[k] & ~gt));
+            }
+            if (tail) {
+                vec raw = NAME(vload)(q + W - VL);
+                vec v = (vec)((ivec)raw & mask), vm = (vec)(((ivec)raw & mask) | ((ivec)ninf & ~mask));
+                acc += v; tsum += v;
+                ivec gt = vm > mx; mx = (vec)(((ivec)vm & gt) | ((ivec)mx & ~gt));
+                gt = vm > tmax; tmax = (vec)(((ivec)vm & gt) | ((ivec)tmax & ~gt));
+            }
+            T s = NAME(vsum)(acc), m = mx[0];
+            for (int64_t i = 1; i < VL; i++) m = mx[i] > m ? mx[i] : m;
+            if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
+            aw_[h] = s / (T)W; mw_[h] = m;
+        }
+        for (int64_t k = 0; k < nf; k++) { NAME(vstore)(ah_ + k * VL, csum[k]); NAME(vstore)(mh_ + k * VL, cmax[k]); }
+        if (tail) for (int64_t w = W - tail; w < W; w++) { ah_[w] = tsum[w - (W - VL)]; mh_[w] = tmax[w - (W - VL)]; }
+        goto columns;
+    }
+
     for (int64_t w = 0; w < W; w++) { mh_[w] = p[w]; ah_[w] = 0; }
     int64_t h = 0;
     for (; h + 4 <= H; h += 4) { /* four rows per sweep: short W loops amortised */
@@ -528,6 +590,7 @@ static inline void NAME(triplet_pool_row)(const T *restrict p, int64_t H, int64_
         if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
         aw_[h] = s / (T)W; mw_[h] = m;
     }
+columns:
     for (int64_t w = 0; w < W; w++) {
         if (ah_[w] != ah_[w]) for (int64_t h = 0; h < H; h++) if (p[h * W + w] != p[h * W + w]) { mh_[w] = p[h * W + w]; break; }
         ah_[w] /= (T)H;
@@ -639,3 +702,8 @@ void NAME(rowdot)(const T *restrict x, const T *restrict v, int64_t B, int64_t C
 }
 
 #undef row_max
+
+#undef vec
+#undef ivec
+#undef VL
+#undef MAXV
