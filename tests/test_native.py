@@ -140,6 +140,7 @@ GATE_EVAL_CASES = [
     ("sse", {}),
     ("scse", {}),
     ("scse", {"merge": "sum"}),
+    ("coord", {}),
 ]
 
 
@@ -147,11 +148,12 @@ GATE_EVAL_CASES = [
 @pytest.mark.parametrize("batch, size", [(1, (5, 6)), (3, (5, 6)), (5, (33, 40))], ids=["B1", "B3", "B5-S1320"])
 @pytest.mark.parametrize("key, opts", GATE_EVAL_CASES, ids=[f"{k}-{len(o)}" for k, o in GATE_EVAL_CASES])
 def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, monkeypatch):
-    """Eval in one kernel call (gate_eval): whole samples per thread, the samples left over
-    stage by stage, positions in several chunks; float64, the plain path's values."""
+    """Eval in one kernel call (gate_eval, coord_eval): whole samples per thread, the samples
+    left over stage by stage, positions in several chunks; float64, the plain path's values."""
     called = []
-    real = native.gate_eval
-    monkeypatch.setattr(native, "gate_eval", lambda *a, **k: called.append(1) or real(*a, **k))
+    kernel = "coord_eval" if key == "coord" else "gate_eval"
+    real = getattr(native, kernel)
+    monkeypatch.setattr(native, kernel, lambda *a, **k: called.append(1) or real(*a, **k))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -160,7 +162,7 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
             _compare(key, opts, x, torch.float64, train=False, atol=1e-12)
     finally:
         torch.set_num_threads(before)
-    assert called, "2-D eval without autograd runs in gate_eval"
+    assert called, f"2-D eval without autograd runs in {kernel}"
 
 
 @pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
@@ -187,7 +189,10 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.n = 0
-        for name in ("pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool", "gate_eval"):
+        for name in (
+            "pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool", "gate_eval",
+            "coord_eval",
+        ):
             fn = getattr(native, name)
 
             def wrapped(*a, _fn=fn, **k):

@@ -215,8 +215,10 @@ class CoordAttention(AttentionModule):
             params = tuple(self.parameters())
             if wants_grad(x, params):
                 return _CoordNative.apply(x, self, *params)
-            g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
-            return native.coord_scale(x, g_h, g_w)
+            if self.bn1.training or self.bn1.running_var is None:
+                g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
+                return native.coord_scale(x, g_h, g_w)
+            return native.coord_eval(x, self.conv1, self.bn1, self.conv_h, self.conv_w)
         g_h, g_w = self.gates(x)
         if self._map_sink is not None:
             self.record("height", g_h.squeeze(3))

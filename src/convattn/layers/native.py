@@ -90,9 +90,10 @@ _SIGNATURES = {
     "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
     "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
     "gate_eval": [_P, _P, _P, ctypes.c_int],
+    "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
 }
 #: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
-_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval"})
+_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval", "coord_eval"})
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -615,4 +616,23 @@ def gate_eval(
         a.sp_kind, a.lw, a.s_shift = _GE_SP_LINEAR, ptr(w), bias
     out = torch.empty_like(x)
     _check(_fn("gate_eval", dt)(x.data_ptr(), ctypes.byref(a), out.data_ptr(), _threads()), "gate_eval")
+    return out
+
+
+def coord_eval(x: torch.Tensor, conv1, bn, conv_h, conv_w) -> torch.Tensor:
+    """Coordinate attention in eval, one kernel call (no autograd): strip means,
+    h_swish(BN(conv1 .)) with BN from its running statistics, the two sigmoid gates
+    and the product; ``conv1`` (C -> m), ``conv_h``/``conv_w`` (m -> C) 1x1 convs."""
+    B, C, H, W = x.shape
+    dt = x.dtype
+    m = conv1.out_channels
+    t = [_small(v, dt) for v in (
+        conv1.weight, conv1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+        conv_h.weight, conv_h.bias, conv_w.weight, conv_w.bias,
+    )]
+    out = torch.empty_like(x)
+    _check(_fn("coord_eval", dt)(
+        x.data_ptr(), B, C, H, W, m, *(_ptr(v) for v in t[:6]), bn.eps, *(_ptr(v) for v in t[6:]),
+        out.data_ptr(), _threads(),
+    ), "coord_eval")
     return out

@@ -104,3 +104,166 @@ int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict ou
     free(buf);
     return failed;
 }
+
+/* Coordinate attention in eval, one call. Per sample: the strip means z (C, L = H + W),
+ * f = h_swish(BN(W1 z + b1)) (m, L), g^h = sigmoid(Wh f[:, :H] + bh) (C, H),
+ * g^w = sigmoid(Ww f[:, H:] + bw) (C, W), y = x g^h g^w. BN in eval from its running
+ * statistics (bn_w, bn_b nullable: affine off); biases nullable.
+ *
+ * Layout: the strips are stored padded, z (C, Hp + Wp) with Hp, Wp = H, W rounded up
+ * to CB = 8 and zeros in the pad columns, so that both small matrix products run on
+ * whole blocks of CB columns with the block's accumulators in registers (the pad
+ * columns compute values nobody reads). */
+#define CB VL
+static inline int64_t NAME(rup)(int64_t v) { return (v + CB - 1) / CB * CB; }
+
+static void NAME(coord_gates_sample)(const T *restrict z, int64_t C, int64_t Hp, int64_t Wp, int64_t m,
+                                     const T *restrict w1t, const T *restrict fsc, const T *restrict fsh,
+                                     const T *restrict wh, const T *restrict bh, const T *restrict ww,
+                                     const T *restrict bw, T *restrict f, T *restrict gh, T *restrict gw) {
+    int64_t Lp = Hp + Wp;
+    vec zero = {0};
+    /* f = W1 z: 8 hidden rows x one vector of columns per block, accumulators in
+     * registers; w1t is W1^T (C, m) */
+    for (int64_t l0 = 0; l0 < Lp; l0 += CB)
+        for (int64_t j0 = 0; j0 < m; j0 += 8) {
+            int64_t nj = imin64(8, m - j0);
+            vec acc[8];
+            for (int64_t jj = 0; jj < 8; jj++) acc[jj] = zero;
+            if (nj == 8) {
+                for (int64_t c = 0; c < C; c++) {
+                    vec zv = NAME(vload)(z + c * Lp + l0);
+                    const T *wc = w1t + c * m + j0;
+                    for (int64_t jj = 0; jj < 8; jj++) acc[jj] += wc[jj] * zv;
+                }
+            } else {
+                for (int64_t c = 0; c < C; c++) {
+                    vec zv = NAME(vload)(z + c * Lp + l0);
+                    const T *wc = w1t + c * m + j0;
+                    for (int64_t jj = 0; jj < nj; jj++) acc[jj] += wc[jj] * zv;
+                }
+            }
+            for (int64_t jj = 0; jj < nj; jj++) {
+                T sc = fsc[j0 + jj], sh = fsh[j0 + jj];
+                T *fo = f + (j0 + jj) * Lp + l0;
+                for (int64_t l = 0; l < CB; l++) {
+                    T v = acc[jj][l] * sc + sh, t = v + (T)3;
+                    t = t < 0 ? (T)0 : t;
+                    t = t > 6 ? (T)6 : t;
+                    fo[l] = v * t / (T)6; /* h-swish; NaN stays NaN */
+                }
+            }
+        }
+    /* g^h = sigmoid(Wh f[:, :Hp] + bh), g^w likewise: 4 output channels x one vector per block */
+    for (int part = 0; part < 2; part++) {
+        const T *wm = part ? ww : wh, *bias = part ? bw : bh;
+        int64_t n = part ? Wp : Hp, off = part ? Hp : 0;
+        T *g = part ? gw : gh;
+        for (int64_t c0 = 0; c0 < C; c0 += 4) {
+            int64_t nc = imin64(4, C - c0);
+            T wbuf[4 * 64];
+            int64_t mm = m <= 64 ? m : 0; /* weights of the 4 channels, zero-padded */
+            for (int64_t cc = 0; cc < 4; cc++)
+                for (int64_t j = 0; j < mm; j++) wbuf[j * 4 + cc] = cc < nc ? wm[(c0 + cc) * m + j] : (T)0;
+            for (int64_t l0 = 0; l0 < n; l0 += CB) {
+                vec acc[4];
+                for (int64_t cc = 0; cc < 4; cc++) {
+                    T b0 = (bias && cc < nc) ? bias[c0 + cc] : (T)0;
+                    for (int64_t l = 0; l < CB; l++) acc[cc][l] = b0;
+                }
+                for (int64_t j = 0; j < m; j++) {
+                    vec fv = NAME(vload)(f + j * Lp + off + l0);
+                    for (int64_t cc = 0; cc < 4; cc++)
+                        acc[cc] += (mm ? wbuf[j * 4 + cc] : (cc < nc ? wm[(c0 + cc) * m + j] : (T)0)) * fv;
+                }
+                for (int64_t cc = 0; cc < nc; cc++) NAME(vstore)(g + (c0 + cc) * n + l0, acc[cc]);
+            }
+        }
+        for (int64_t i = 0; i < C * n; i++) g[i] = (T)1 / ((T)1 + EXP(-g[i])); /* one long vector loop */
+    }
+}
+
+/* strips of one sample into the padded layout */
+static void NAME(coord_strips_sample)(const T *restrict xb, int64_t C, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
+                                      T *restrict z) {
+    int64_t Lp = Hp + Wp;
+    for (int64_t c = 0; c < C; c++) {
+        T *zc = z + c * Lp;
+        NAME(coord_pool_row)(xb + c * H * W, H, W, zc, zc + Hp);
+        for (int64_t i = H; i < Hp; i++) zc[i] = 0;
+        for (int64_t i = Hp + W; i < Lp; i++) zc[i] = 0;
+    }
+}
+
+static void NAME(coord_scale_sample)(const T *restrict xb, const T *restrict gh, const T *restrict gw, int64_t C,
+                                     int64_t H, int64_t W, int64_t Hp, int64_t Wp, T *restrict ob) {
+    for (int64_t c = 0; c < C; c++) {
+        const T *p = xb + c * H * W, *a = gh + c * Hp, *q = gw + c * Wp;
+        T *o = ob + c * H * W;
+        NAME(outer_scale_plane)(p, a, q, H, W, o);
+    }
+}
+
+/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
+int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t m,
+                     const T *restrict w1, const T *restrict b1, const T *restrict bn_w, const T *restrict bn_b,
+                     const T *restrict bn_mean, const T *restrict bn_var, T eps, const T *restrict wh,
+                     const T *restrict bh, const T *restrict ww, const T *restrict bw, T *restrict out, int nth) {
+    int64_t Hp = NAME(rup)(H), Wp = NAME(rup)(W), Lp = Hp + Wp, per = C * H * W;
+    /* W1^T and BN (with the conv bias) folded into a per-row scale and shift */
+    T *w1t = (T *)malloc((size_t)(C * m + 2 * m) * sizeof(T));
+    if (!w1t) return 1;
+    T *fsc = w1t + C * m, *fsh = fsc + m;
+    for (int64_t j = 0; j < m; j++) {
+        for (int64_t c = 0; c < C; c++) w1t[c * m + j] = w1[j * C + c];
+        fsc[j] = (bn_w ? bn_w[j] : (T)1) / SQRT(bn_var[j] + eps);
+        fsh[j] = ((b1 ? b1[j] : (T)0) - bn_mean[j]) * fsc[j] + (bn_b ? bn_b[j] : (T)0);
+    }
+    int64_t nws = C * Lp + m * Lp + C * Lp;
+    int64_t nfull = nth > 1 ? (B / nth) * nth : B;
+    int failed = 0;
+    if (nfull > 0) {
+        #pragma omp parallel num_threads(nth) reduction(|:failed)
+        {
+            T *ws = (T *)malloc((size_t)nws * sizeof(T));
+            if (!ws) failed = 1;
+            #pragma omp for schedule(static)
+            for (int64_t b = 0; b < nfull; b++) {
+                if (!ws) continue;
+                T *z = ws, *f = z + C * Lp, *gh = f + m * Lp, *gw = gh + C * Hp;
+                NAME(coord_strips_sample)(x + b * per, C, H, W, Hp, Wp, z);
+                NAME(coord_gates_sample)(z, C, Hp, Wp, m, w1t, fsc, fsh, wh, bh, ww, bw, f, gh, gw);
+                NAME(coord_scale_sample)(x + b * per, gh, gw, C, H, W, Hp, Wp, out + b * per);
+            }
+            free(ws);
+        }
+    }
+    int64_t rest = B - nfull;
+    if (rest > 0 && !failed) {
+        /* the samples left over (fewer than the threads): strips and products split over
+         * the threads by channel blocks, the small gate network on one thread */
+        T *z = (T *)malloc((size_t)nws * sizeof(T));
+        if (!z) failed = 1;
+        for (int64_t b = nfull; b < B && z; b++) {
+            T *f = z + C * Lp, *gh = f + m * Lp, *gw = gh + C * Hp;
+            const T *xb = x + b * per;
+            int64_t nblk = (C + 15) / 16;
+            #pragma omp parallel for num_threads(nth) schedule(static)
+            for (int64_t k = 0; k < nblk; k++) {
+                int64_t c0 = k * 16, nc = imin64(16, C - c0);
+                NAME(coord_strips_sample)(xb + c0 * H * W, nc, H, W, Hp, Wp, z + c0 * Lp);
+            }
+            NAME(coord_gates_sample)(z, C, Hp, Wp, m, w1t, fsc, fsh, wh, bh, ww, bw, f, gh, gw);
+            #pragma omp parallel for num_threads(nth) schedule(static)
+            for (int64_t k = 0; k < nblk; k++) {
+                int64_t c0 = k * 16, nc = imin64(16, C - c0);
+                NAME(coord_scale_sample)(xb + c0 * H * W, gh + c0 * Hp, gw + c0 * Wp, nc, H, W, Hp, Wp,
+                                         out + b * per + c0 * H * W);
+            }
+        }
+        free(z);
+    }
+    free(w1t);
+    return failed;
+}
+#undef CB

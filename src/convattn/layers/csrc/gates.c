@@ -86,9 +86,15 @@ typedef struct {
 #define IT int32_t
 #define SUF f32
 #define EXP exp_f32
+#define SQRT sqrtf
 #include "gates_impl.h"
 #include "fused_impl.h"
+#undef vec
+#undef ivec
+#undef VL
+#undef MAXV
 #undef T
+#undef SQRT
 #undef IT
 #undef SUF
 #undef EXP
@@ -97,9 +103,15 @@ typedef struct {
 #define IT int64_t
 #define SUF f64
 #define EXP exp
+#define SQRT sqrt
 #include "gates_impl.h"
 #include "fused_impl.h"
+#undef vec
+#undef ivec
+#undef VL
+#undef MAXV
 #undef T
+#undef SQRT
 #undef IT
 #undef SUF
 #undef EXP

@@ -462,6 +462,31 @@ static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t 
     for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
 }
 
+/* o[h, w] = p[h, w] * a[h] * q[w] for one H x W plane. Rows of at least VL values in
+ * explicit vectors; a row's last vector is stored at W - VL, rewriting lanes of the
+ * previous vector with the same values (no scalar remainder). */
+static inline void NAME(outer_scale_plane)(const T *restrict p, const T *restrict a, const T *restrict q, int64_t H,
+                                           int64_t W, T *restrict o) {
+    int64_t nf = W / VL;
+    if (nf == 0 || nf > MAXV) {
+        for (int64_t h = 0; h < H; h++) {
+            T ah = a[h];
+            for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ah * q[w];
+        }
+        return;
+    }
+    vec qv[MAXV + 1];
+    for (int64_t k = 0; k < nf; k++) qv[k] = NAME(vload)(q + k * VL);
+    qv[nf] = NAME(vload)(q + W - VL);
+    int has_tail = W != nf * VL;
+    for (int64_t h = 0; h < H; h++) {
+        T ah = a[h];
+        const T *ph = p + h * W; T *oh = o + h * W;
+        for (int64_t k = 0; k < nf; k++) NAME(vstore)(oh + k * VL, NAME(vload)(ph + k * VL) * ah * qv[k]);
+        if (has_tail) NAME(vstore)(oh + W - VL, NAME(vload)(ph + W - VL) * ah * qv[nf]);
+    }
+}
+
 void NAME(coord_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W, T *restrict z, int nth) {
     /* z: (rows, H + W), the H means then the W means of each row */
     #pragma omp parallel for num_threads(nth) schedule(static)
@@ -473,12 +498,7 @@ void NAME(coord_scale)(const T *restrict x, const T *restrict gh, const T *restr
                        T *restrict out, int nth) {
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-        const T *p = x + r * H * W, *a = gh + r * H, *bw = gw + r * W;
-        T *o = out + r * H * W;
-        for (int64_t h = 0; h < H; h++) {
-            T ah = a[h];
-            for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ah * bw[w];
-        }
+        NAME(outer_scale_plane)(x + r * H * W, gh + r * H, gw + r * W, H, W, out + r * H * W);
     }
 }
 
@@ -702,8 +722,3 @@ void NAME(rowdot)(const T *restrict x, const T *restrict v, int64_t B, int64_t C
 }
 
 #undef row_max
-
-#undef vec
-#undef ivec
-#undef VL
-#undef MAXV
