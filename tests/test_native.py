@@ -141,6 +141,8 @@ GATE_EVAL_CASES = [
     ("scse", {}),
     ("scse", {"merge": "sum"}),
     ("coord", {}),
+    ("triplet", {}),
+    ("triplet", {"no_spatial": True, "kernel_size": 3}),
 ]
 
 
@@ -151,7 +153,7 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
     """Eval in one kernel call (gate_eval, coord_eval): whole samples per thread, the samples
     left over stage by stage, positions in several chunks; float64, the plain path's values."""
     called = []
-    kernel = "coord_eval" if key == "coord" else "gate_eval"
+    kernel = {"coord": "coord_eval", "triplet": "triplet_eval"}.get(key, "gate_eval")
     real = getattr(native, kernel)
     monkeypatch.setattr(native, kernel, lambda *a, **k: called.append(1) or real(*a, **k))
     before = torch.get_num_threads()
@@ -191,7 +193,7 @@ class _Calls:
         self.n = 0
         for name in (
             "pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool", "gate_eval",
-            "coord_eval",
+            "coord_eval", "triplet_eval",
         ):
             fn = getattr(native, name)
 

@@ -299,6 +299,9 @@ class TripletAttention(AttentionModule):
         gates = [g for g in (self.cw, self.hc, self.hw) if g is not None]
         if wants_grad(x, params) or any(g.bn.training for g in gates):
             return _TripletNative.apply(x, self, *params)
+        if all(g.bn.running_var is not None for g in gates):
+            folded = [(g.conv.weight, *native.bn_affine(g.bn)) for g in gates]
+            return native.triplet_eval(x, (folded[0], folded[1], folded[2] if self.hw is not None else None))
         B, C, H, W = x.shape
         mh, ah, mw, aw = native.triplet_pool(x)[:4]
         a_cw = self.cw.forward_native(mh, ah)  # (B, C, W), plane (C, W)

@@ -91,9 +91,10 @@ _SIGNATURES = {
     "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
     "gate_eval": [_P, _P, _P, ctypes.c_int],
     "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
+    "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, None, _P, ctypes.c_int],
 }
 #: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
-_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval", "coord_eval"})
+_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval", "coord_eval", "triplet_eval"})
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -635,4 +636,28 @@ def coord_eval(x: torch.Tensor, conv1, bn, conv_h, conv_w) -> torch.Tensor:
         x.data_ptr(), B, C, H, W, m, *(_ptr(v) for v in t[:6]), bn.eps, *(_ptr(v) for v in t[6:]),
         out.data_ptr(), _threads(),
     ), "coord_eval")
+    return out
+
+
+def triplet_eval(x: torch.Tensor, gates, transposed_hc: bool = True) -> torch.Tensor:
+    """Triplet attention in eval, one kernel call (no autograd).
+
+    ``gates``: ((w, scale, shift) for the (C, W) branch, the (C, H) branch and the
+    (H, W) branch or None), w the (1, 2, k, k) kernel on [max; mean] planes, BN
+    folded into scale and shift. The (C, H) branch's kernel is the paper's (H, C)
+    kernel, transposed here. Y = X * (a_cw + a_hc + a_hw) / (number of branches).
+    """
+    B, C, H, W = x.shape
+    dt = x.dtype
+    (w_cw, s0, t0), (w_hc, s1, t1), hw = gates
+    k = w_cw.shape[-1]
+    w_cw = _small(w_cw, dt)
+    w_hc = _small(w_hc.mT if transposed_hc else w_hc, dt)
+    w_hw = None if hw is None else _small(hw[0], dt)
+    aff = (ctypes.c_double * 6)(s0, t0, s1, t1, *((hw[1], hw[2]) if hw is not None else (0.0, 0.0)))
+    out = torch.empty_like(x)
+    _check(_fn("triplet_eval", dt)(
+        x.data_ptr(), B, C, H, W, k, w_cw.data_ptr(), w_hc.data_ptr(), _ptr(w_hw), aff,
+        1.0 / (2 if hw is None else 3), out.data_ptr(), _threads(),
+    ), "triplet_eval")
     return out

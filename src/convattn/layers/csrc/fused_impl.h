@@ -266,4 +266,85 @@ int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64
     free(w1t);
     return failed;
 }
-#undef CB
+
+/* Triplet attention in eval, one call. Per sample: the Z-pools (max and mean) over H
+ * (planes (C, W)), over W (planes (C, H)) and over C (planes (H, W)), each branch's
+ * k x k conv with BN folded (aff: scale, shift per branch) and sigmoid, and
+ * y = x (a_cw[c, w] + a_hc[c, h] + a_hw[h, w]) * kk. w_hc is the (C, H)-plane kernel
+ * (the transposed (H, C) kernel); w_hw nullable (no spatial branch). */
+static int64_t NAME(triplet_ws)(int64_t C, int64_t H, int64_t W, int64_t k) {
+    int64_t cv = NAME(conv2d_ws)(C, W, k), ch = NAME(conv2d_ws)(C, H, k), hw = NAME(conv2d_ws)(H, W, k);
+    int64_t conv = cv > ch ? cv : ch;
+    conv = conv > hw ? conv : hw;
+    return 3 * C * W + 3 * C * H + 3 * H * W + conv;
+}
+
+static void NAME(triplet_sample)(const T *restrict xb, int64_t C, int64_t H, int64_t W, int64_t k,
+                                 const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
+                                 const double *aff, T kk, T *restrict ob, T *restrict ws) {
+    T *mh = ws, *ah = mh + C * W, *acw = ah + C * W;
+    T *mw = acw + C * W, *aw = mw + C * H, *ahc = aw + C * H;
+    T *pm = ahc + C * H, *px = pm + H * W, *ahw = px + H * W, *cws = ahw + H * W;
+    int64_t S = H * W;
+    for (int64_t c = 0; c < C; c++)
+        NAME(triplet_pool_row)(xb + c * S, H, W, mh + c * W, ah + c * W, mw + c * H, aw + c * H, NULL, NULL, NULL,
+                               NULL);
+    NAME(conv2d_sample)(mh, ah, C, W, w_cw, k, (T)aff[0], (T)aff[1], acw, cws);
+    NAME(conv2d_sample)(mw, aw, C, H, w_hc, k, (T)aff[2], (T)aff[3], ahc, cws);
+    if (w_hw) {
+        for (int64_t s0 = 0; s0 < S; s0 += SCHUNK)
+            NAME(pool_channel_task)(xb, NULL, C, S, s0, imin64(SCHUNK, S - s0), pm + s0, px + s0, NULL, NULL);
+        NAME(conv2d_sample)(px, pm, H, W, w_hw, k, (T)aff[4], (T)aff[5], ahw, cws);
+    }
+    for (int64_t c = 0; c < C; c++)
+        NAME(triplet_scale_row)(xb + c * S, acw + c * W, ahc + c * H, w_hw ? ahw : NULL, H, W, kk, ob + c * S);
+}
+
+/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
+int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+                       const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw, const double *aff,
+                       T kk, T *restrict out, int nth) {
+    int64_t per = C * H * W, nws = NAME(triplet_ws)(C, H, W, k);
+    int64_t nfull = nth > 1 ? (B / nth) * nth : B;
+    int failed = 0;
+    if (nfull > 0) {
+        #pragma omp parallel num_threads(nth) reduction(|:failed)
+        {
+            T *ws = (T *)malloc((size_t)nws * sizeof(T));
+            if (!ws) failed = 1;
+            #pragma omp for schedule(static)
+            for (int64_t b = 0; b < nfull; b++)
+                if (ws) NAME(triplet_sample)(x + b * per, C, H, W, k, w_cw, w_hc, w_hw, aff, kk, out + b * per, ws);
+            free(ws);
+        }
+    }
+    int64_t rest = B - nfull;
+    if (rest == 0 || failed) return failed;
+    /* the samples left over (fewer than the threads): the pools and the product split
+     * over the threads, the three convs on one thread each */
+    const T *xr = x + nfull * per;
+    T *buf = (T *)malloc((size_t)(rest * (3 * C * W + 3 * C * H + 3 * H * W)) * sizeof(T));
+    if (!buf) return 1;
+    T *mh = buf, *ah = mh + rest * C * W, *acw = ah + rest * C * W;
+    T *mw = acw + rest * C * W, *aw = mw + rest * C * H, *ahc = aw + rest * C * H;
+    T *pm = ahc + rest * C * H, *px = pm + rest * H * W, *ahw = px + rest * H * W;
+    NAME(triplet_pool)(xr, rest * C, H, W, mh, ah, mw, aw, NULL, NULL, NULL, NULL, nth);
+    if (w_hw) NAME(pool_channel)(xr, NULL, rest, C, H * W, pm, px, NULL, NULL, nth);
+    int nconv = w_hw ? 3 : 2;
+    #pragma omp parallel for num_threads(nth) schedule(static) reduction(|:failed)
+    for (int64_t t = 0; t < rest * nconv; t++) {
+        int64_t b = t / nconv, which = t % nconv;
+        T *ws = (T *)malloc((size_t)NAME(triplet_ws)(C, H, W, k) * sizeof(T));
+        if (!ws) { failed = 1; continue; }
+        if (which == 0)
+            NAME(conv2d_sample)(mh + b * C * W, ah + b * C * W, C, W, w_cw, k, (T)aff[0], (T)aff[1], acw + b * C * W, ws);
+        else if (which == 1)
+            NAME(conv2d_sample)(mw + b * C * H, aw + b * C * H, C, H, w_hc, k, (T)aff[2], (T)aff[3], ahc + b * C * H, ws);
+        else
+            NAME(conv2d_sample)(px + b * H * W, pm + b * H * W, H, W, w_hw, k, (T)aff[4], (T)aff[5], ahw + b * H * W, ws);
+        free(ws);
+    }
+    if (!failed) NAME(triplet_scale)(xr, acw, ahc, w_hw ? ahw : NULL, rest, C, H, W, kk, out + nfull * per, nth);
+    free(buf);
+    return failed;
+}

@@ -89,6 +89,7 @@ typedef struct {
 #define SQRT sqrtf
 #include "gates_impl.h"
 #include "fused_impl.h"
+#undef CB
 #undef vec
 #undef ivec
 #undef VL
@@ -106,6 +107,7 @@ typedef struct {
 #define SQRT sqrt
 #include "gates_impl.h"
 #include "fused_impl.h"
+#undef CB
 #undef vec
 #undef ivec
 #undef VL

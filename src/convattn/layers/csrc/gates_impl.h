@@ -644,6 +644,24 @@ void NAME(triplet_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W,
  * run-time alias checks */
 static inline void NAME(triplet_scale_row)(const T *restrict p, const T *restrict a, const T *restrict bh,
                                            const T *restrict q, int64_t H, int64_t W, T k, T *restrict o) {
+    int64_t nf = W / VL;
+    if (nf > 0 && nf <= MAXV) { /* explicit vectors, the last one at W - VL (as outer_scale_plane) */
+        vec av[MAXV + 1];
+        for (int64_t j = 0; j < nf; j++) av[j] = NAME(vload)(a + j * VL);
+        av[nf] = NAME(vload)(a + W - VL);
+        int64_t nv = nf + (W != nf * VL);
+        for (int64_t h = 0; h < H; h++) {
+            T c0 = bh[h];
+            const T *ph = p + h * W, *qh = q ? q + h * W : NULL; T *oh = o + h * W;
+            for (int64_t j = 0; j < nv; j++) {
+                int64_t off = j < nf ? j * VL : W - VL;
+                vec g = av[j] + c0;
+                if (qh) g += NAME(vload)(qh + off);
+                NAME(vstore)(oh + off, NAME(vload)(ph + off) * (g * k));
+            }
+        }
+        return;
+    }
     for (int64_t h = 0; h < H; h++) {
         T c0 = bh[h];
         if (q) for (int64_t w = 0; w < W; w++) o[h * W + w] = p[h * W + w] * ((a[w] + c0 + q[h * W + w]) * k);
