@@ -57,6 +57,27 @@ static inline float exp_f32(float x) {
     return y * scale;
 }
 
+/* 2^t for t <= 0 in float (SimAM's sigmoid, one per element): n = rint(t) and
+ * 2^(t - n) by a near-minimax polynomial of degree 5 on [-1/2, 1/2] (relative
+ * error 7.5e-8 in exact arithmetic, 2.4e-7 evaluated in float). No upper clamp
+ * (the caller has t <= 0); t is clamped at -126 (the result stays a normal
+ * float); NaN gives NaN. Cheaper than exp_f32: the range reduction is one
+ * rounding and one subtraction. */
+static inline float exp2neg_f32(float t) {
+    t = t < -126.0f ? -126.0f : t;
+    float n = rintf(t), f = t - n;
+    float p = 1.327646430581808e-3f;
+    p = p * f + 9.675540961325169e-3f;
+    p = p * f + 5.550713464617729e-2f;
+    p = p * f + 2.4022120237350464e-1f;
+    p = p * f + 6.931469440460205e-1f;
+    p = p * f + 1.0000001192092896f;
+    int32_t e = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &e, sizeof scale);
+    return p * scale;
+}
+
 /* gate_eval's description of a module (see fused_impl.h); every field 8 bytes,
  * mirrored by convattn.layers.native.GateEvalArgs. Pointers are to the element type. */
 enum { GE_NONE = 0, GE_MLP = 1, GE_MLP_MAX = 2, GE_CONV1D = 3 };  /* ch_kind */
@@ -86,6 +107,7 @@ typedef struct {
 #define IT int32_t
 #define SUF f32
 #define EXP exp_f32
+#define EXP2NEG exp2neg_f32
 #define SQRT sqrtf
 #include "gates_impl.h"
 #include "fused_impl.h"
@@ -96,6 +118,7 @@ typedef struct {
 #undef MAXV
 #undef T
 #undef SQRT
+#undef EXP2NEG
 #undef IT
 #undef SUF
 #undef EXP
@@ -104,6 +127,7 @@ typedef struct {
 #define IT int64_t
 #define SUF f64
 #define EXP exp
+#define EXP2NEG exp2
 #define SQRT sqrt
 #include "gates_impl.h"
 #include "fused_impl.h"
@@ -114,6 +138,7 @@ typedef struct {
 #undef MAXV
 #undef T
 #undef SQRT
+#undef EXP2NEG
 #undef IT
 #undef SUF
 #undef EXP

@@ -251,8 +251,10 @@ WIDE void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T
         const T *p = x + r * S; T *o = out + r * S;
         T mu = NAME(sum_impl)(p, S) / (T)S, q = NAME(sqdev_impl)(p, S, mu);
         T a = (T)1 / ((T)4 * (q / (T)(S - 1) + lam));
+        /* exp(-e) = 2^(-e log2 e), e = a d^2 + 1/2 >= 1/2 */
+        T al = a * (T)1.4426950408889634, bl = (T)0.5 * (T)1.4426950408889634;
         for (int64_t i = 0; i < S; i++) {
-            T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP(-(a * d * d + (T)0.5)));
+            T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP2NEG(-(al * d * d + bl)));
         }
         if (aout) aout[r] = a;
     }
@@ -268,9 +270,10 @@ WIDE void NAME(simam_bwd)(const T *restrict dy, const T *restrict x, int64_t row
         const T *p = x + r * S, *d = dy + r * S; T *o = dx + r * S;
         T s = 0; for (int64_t i = 0; i < S; i++) s += p[i];
         T mu = s / (T)S, a = ain[r];
+        T al = a * (T)1.4426950408889634, bl = (T)0.5 * (T)1.4426950408889634;
         T st = 0, std2 = 0;
         for (int64_t i = 0; i < S; i++) {
-            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP(-(a * dd * dd + (T)0.5)));
+            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP2NEG(-(al * dd * dd + bl)));
             T t = d[i] * p[i] * g * ((T)1 - g);
             o[i] = t; st += t * dd; std2 += t * dd * dd;
         }
@@ -278,7 +281,7 @@ WIDE void NAME(simam_bwd)(const T *restrict dy, const T *restrict x, int64_t row
         T kv = std2 * ((T)-4 * a * a) * (T)2 / (T)(S - 1);
         T mt = st / (T)S;
         for (int64_t i = 0; i < S; i++) {
-            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP(-(a * dd * dd + (T)0.5)));
+            T dd = p[i] - mu, g = (T)1 / ((T)1 + EXP2NEG(-(al * dd * dd + bl)));
             T t = o[i];
             o[i] = d[i] * g + (T)2 * a * (t * dd - mt) + kv * dd;
         }
