@@ -36,7 +36,8 @@ Recorded maps: ``"channel"`` (B, C) = s, ``"spatial"`` (B, *S) = q.
 Speed: on contiguous float32/float64 CPU tensors both modules run on the native
 kernels of :mod:`convattn.layers.native` (GAP, the sSE logits and the merged
 product are one pass each; in training one autograd function, see
-:mod:`convattn.layers.gated`, with the same tie rule as below). Otherwise:
+:mod:`convattn.layers.gated`, with the same tie rule as below; in eval without
+autograd one kernel call, ``native.gate_eval``). Otherwise:
 the sSE logits are one batched matrix product (one read of X); the merge
 is one custom autograd function whose backward keeps only X and the two small
 gates. At a tie of the max (X = 0 or s = q) it takes the cSE branch's

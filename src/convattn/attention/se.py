@@ -15,8 +15,9 @@ the residual branch, before the identity add.
 
 Speed: on contiguous float32/float64 CPU tensors the pooling and the product run
 in the native kernels of :mod:`convattn.layers.native` (one pass each; in
-training one autograd function whose backward is one more pass), the MLP in
-PyTorch (in eval, in the kernel library too). Traced, compiled and exported
+training one autograd function whose backward is one more pass, the MLP in
+PyTorch; in eval without autograd the whole module is one kernel call,
+:func:`~convattn.layers.native.gate_eval`). Traced, compiled and exported
 graphs, map captures and other tensors use the plain ops above.
 """
 
