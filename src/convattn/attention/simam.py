@@ -108,7 +108,8 @@ class _SimAMFunction(torch.autograd.Function):
 class _SimAMNative(torch.autograd.Function):
     """The same function and gradient in the native kernels: each (b, c) row is
     read once forward (mean, variance and the gate from the cached row) and once
-    backward (dy and x)."""
+    backward (dy and x). The sigmoid is computed as 1 / (1 + 2^(-e log2 e)) with
+    a degree-5 polynomial for 2^t (float32 relative error 2.4e-7)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]

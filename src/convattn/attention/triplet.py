@@ -36,14 +36,11 @@ custom function returns the six pooled maps and writes dX once in its backward
 subgradients). While tracing, scripting or compiling, only standard ops are used.
 
 Native kernels (:mod:`convattn.layers.native`, contiguous float32/float64 CPU
-tensors): the H and W poolings are one pass, the C pooling another, Y a third
-(eval gates: conv + BN + sigmoid in one small kernel each); in training one
-autograd function (``_TripletNative``) whose backward makes two more passes.
-
-Native kernels (:mod:`convattn.layers.native`, contiguous float32/float64 CPU
-tensors): the H and W poolings are one pass, the C pooling another, Y a third
-(eval gates: conv + BN + sigmoid in one small kernel each); in training one
-autograd function (``_TripletNative``) whose backward makes two more passes.
+tensors): the H and W poolings are one pass, the C pooling another, Y a third;
+in training one autograd function (``_TripletNative``) whose backward makes two
+more passes; in eval without autograd the whole module is one kernel call
+(``native.triplet_eval``: the three pools, the three conv + BN + sigmoid gates
+with BN folded, the product), whole samples per thread.
 
 Recorded maps: ``"spatial"`` (B, H, W) = the H x W branch's gate (absent with
 ``no_spatial``), ``"cw"`` (B, C, W) = the C x W branch's gate and ``"hc"``
