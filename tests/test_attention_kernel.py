@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -224,3 +225,137 @@ def test_block_size_rule():
     assert ak._chunk_rows(b, n, n, 256) * b * n == max(ak.CHUNK_ELEMENTS, b * n * 256)
     assert ak._chunk_rows(b, n, n, 512) == 2 * ak._chunk_rows(b, n, n, 256) or ak.CHUNK_ELEMENTS > b * n * 512
     assert ak._chunk_rows(1, 4, 10**9, 1) == 1  # never 0 rows
+
+
+# --- position attention in channel layout (pam, danet, pam_gate) ---------------------------
+
+
+def naive_position(flat, weight, bias, d, residual=True):
+    # [Q; K; V] = W X + b ; s_ij = exp(q_i.k_j) / sum_j' exp(q_i.k_j') ; out_ci = sum_j v_cj s_ij
+    flat, weight, bias = flat.double(), weight.double(), bias.double()
+    proj = torch.einsum("oc,bcn->bon", weight, flat) + bias[:, None]
+    q, k, v = proj[:, :d], proj[:, d : 2 * d], proj[:, 2 * d :]
+    e = torch.exp(torch.einsum("bdi,bdj->bij", q, k))
+    out = torch.einsum("bcj,bij->bci", v, e / e.sum(-1, keepdim=True))
+    return flat + out if residual else out
+
+
+def _position_inputs(b, c, n, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randn(b, c, n, generator=g, dtype=dtype)
+    weight = torch.randn(2 * d + c, c, generator=g, dtype=dtype) * 0.4
+    bias = torch.randn(2 * d + c, generator=g, dtype=dtype) * 0.4
+    return flat, weight, bias
+
+
+def _run_position(path, flat, weight, bias, d, grad_out, residual=True):
+    flat, weight, bias = (t.detach().clone().requires_grad_(True) for t in (flat, weight, bias))
+    out = ak.position_attention_channels(flat, weight, bias, d, path=path, residual=residual)
+    out.backward(grad_out)
+    return out.detach(), flat.grad, weight.grad, bias.grad
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("rows", [1, 4, 7, 40])  # N = 13: blocks that do not divide N, one block, rows > N
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_position_channels_paths_match_equation_and_gradients(rows, residual, dtype, blocks_of):
+    b, c, n, d = 2, 10, 13, 3
+    blocks_of(rows, b, n)
+    flat, weight, bias = _position_inputs(b, c, n, d, dtype, seed=rows)
+    ref = naive_position(flat, weight, bias, d, residual)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(b, c, n, generator=g, dtype=dtype)
+    leaves = [t.double().requires_grad_(True) for t in (flat, weight, bias)]
+    ref_grads = torch.autograd.grad((naive_position(*leaves, d, residual) * grad_out.double()).sum(), leaves)
+    for path in ("matmul", "chunked"):
+        out, *grads = _run_position(path, flat, weight, bias, d, grad_out, residual)
+        assert out.dtype == dtype and out.shape == (b, c, n)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        for name, a, r in zip(("dx", "dw", "db"), grads, ref_grads, strict=True):
+            rel = ((a.double() - r).norm() / r.norm()).item()
+            assert rel < 1e-5, (path, name, rel)
+
+
+def test_position_channels_gradcheck_float64(blocks_of):
+    b, c, n, d = 2, 4, 5, 2
+    blocks_of(2, b, n)  # blocks of 2, 2, 1 query positions
+    flat, weight, bias = (t.requires_grad_(True) for t in _position_inputs(b, c, n, d, torch.float64, seed=3))
+    for path in ("matmul", "chunked"):
+        for residual in (True, False):
+            fn = functools.partial(ak.position_attention_channels, d=d, path=path, residual=residual)
+            assert torch.autograd.gradcheck(fn, (flat, weight, bias))
+
+
+def test_position_channels_gradient_layouts_and_partial_grads(blocks_of):
+    # an expanded gradient (from .sum()) is copied and reused for dX; a contiguous
+    # gradient given by the caller must not be modified; only some inputs needing grads
+    b, c, n, d = 2, 6, 9, 2
+    blocks_of(4, b, n)
+    flat, weight, bias = _position_inputs(b, c, n, d, seed=4)
+    leaves = [t.double().requires_grad_(True) for t in (flat, weight, bias)]
+    ref = torch.autograd.grad(naive_position(*leaves, d).sum(), leaves)
+    for path in ("matmul", "chunked"):
+        x, w, bb = (t.clone().requires_grad_(True) for t in (flat, weight, bias))
+        ak.position_attention_channels(x, w, bb, d, path=path).sum().backward()
+        for a, r in zip((x.grad, w.grad, bb.grad), ref, strict=True):
+            torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5)
+        grad_out = torch.randn(b, c, n)
+        kept = grad_out.clone()
+        x = flat.clone().requires_grad_(True)
+        ak.position_attention_channels(x, weight, bias, d, path=path).backward(grad_out)
+        torch.testing.assert_close(grad_out, kept, rtol=0, atol=0)
+        assert x.grad is not grad_out
+        # only the weight needs a gradient (frozen input, e.g. the first layer)
+        w = weight.clone().requires_grad_(True)
+        ak.position_attention_channels(flat, w, bias, d, path=path).sum().backward()
+        torch.testing.assert_close(w.grad.double(), ref[1], rtol=1e-5, atol=1e-5)
+        with torch.no_grad():
+            out = ak.position_attention_channels(flat, w, bias, d, path=path)
+        assert not out.requires_grad
+        torch.testing.assert_close(out.double(), naive_position(flat, weight, bias, d), rtol=1e-5, atol=1e-5)
+
+
+def test_position_channels_strided_input(blocks_of):
+    # X viewed from a channels_last feature map: (B, C, N) with channel stride 1
+    b, c, d = 2, 8, 2
+    blocks_of(5, b, 12)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(b, c, 3, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    flat = x.flatten(2)
+    assert not flat.is_contiguous()
+    _, weight, bias = _position_inputs(b, c, 12, d, seed=7)
+    for path in ("matmul", "chunked"):
+        xi = flat.detach().requires_grad_(True)
+        out = ak.position_attention_channels(xi, weight, bias, d, path=path)
+        torch.testing.assert_close(out.double(), naive_position(flat, weight, bias, d), rtol=1e-5, atol=1e-5)
+        out.sum().backward()
+        xr = flat.double().requires_grad_(True)
+        naive_position(xr, weight, bias, d).sum().backward()
+        torch.testing.assert_close(xi.grad.double(), xr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_position_channels_saves_no_score_matrix_on_chunked_path(blocks_of):
+    # the chunked path keeps nothing of size N x N for the backward; the matmul path does
+    b, c, n, d = 1, 8, 40, 2
+    blocks_of(8, b, n)
+    flat, weight, bias = (t.requires_grad_(True) for t in _position_inputs(b, c, n, d, seed=8))
+    saved = {}
+    for path in ("matmul", "chunked"):
+        sizes = saved[path] = []
+
+        def pack(t, sizes=sizes):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ak.position_attention_channels(flat, weight, bias, d, path=path).sum().backward()
+    assert b * n * n in saved["matmul"]
+    assert max(saved["chunked"]) < b * n * n
+
+
+def test_position_channels_bad_arguments():
+    flat, weight, bias = _position_inputs(1, 8, 5, 2)
+    with pytest.raises(ValueError, match="path must be 'matmul' or 'chunked'"):
+        ak.position_attention_channels(flat, weight, bias, 2, path="sdpa")
+    with pytest.raises(ValueError, match=r"expected weight \(12, 8\)"):
+        ak.position_attention_channels(flat, weight[:-1], bias, 2, path="matmul")

@@ -8,6 +8,7 @@ from conftest import randomize
 
 import convattn
 from convattn import create_attention
+from convattn.layers import attention_kernel as ak
 
 
 def pam_reference(x, wq, bq, wk, wv, bv, gamma):
@@ -43,12 +44,16 @@ def _pam_args(m):
 
 
 @pytest.mark.parametrize("shape", [(2, 16, 9), (2, 16, 4, 5), (2, 16, 3, 2, 4)])
-@pytest.mark.parametrize("path", ["matmul", "sdpa"])
-def test_pam_matches_equation(shape, path):
+@pytest.mark.parametrize("path", ["matmul", "chunked", "sdpa"])
+def test_pam_matches_equation(shape, path, monkeypatch):
+    monkeypatch.setattr(ak, "CHUNK_ELEMENTS", 2 * 5 * 24)  # chunked: blocks of at most 5 query positions
+    monkeypatch.setattr(ak, "CHUNK_PER_OUTPUT", 0)
     m = randomize(create_attention("pam", 16, path=path), scale=0.3).double()
     x = torch.randn(shape, dtype=torch.float64)
     ref, _ = pam_reference(x, *_pam_args(m))
     torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+    # the term without the residual (used by danet before this change; kept as API)
+    torch.testing.assert_close(m.position_term(x), ref - x, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("energy", ["official", "paper"])
@@ -84,8 +89,10 @@ def test_identity_at_init(name):
     torch.testing.assert_close(m(x), x, rtol=0, atol=0)
 
 
-def test_pam_gradcheck_both_paths():
-    for path in ("matmul", "sdpa"):
+def test_pam_gradcheck_all_paths(monkeypatch):
+    monkeypatch.setattr(ak, "CHUNK_ELEMENTS", 4 * 9)  # chunked: blocks of 4, 4, 1 query positions
+    monkeypatch.setattr(ak, "CHUNK_PER_OUTPUT", 0)
+    for path in ("matmul", "chunked", "sdpa"):
         m = randomize(create_attention("pam", 16, path=path), scale=0.3).double()
         x = torch.randn(1, 16, 3, 3, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-5, rtol=1e-3)
@@ -126,3 +133,18 @@ def test_pam_param_count_matches_official():
     # DANet PAM at C=512: q (512*64 + 64), k (512*64, key bias dropped: a softmax no-op), v (512*512 + 512), gamma
     m = create_attention("pam", 512)
     assert sum(p.numel() for p in m.parameters()) == 512 * 64 + 64 + 512 * 64 + 512 * 512 + 512 + 1
+
+
+@pytest.mark.parametrize("name", ["pam", "danet"])
+def test_maps_keep_the_graph_with_detach_false(name):
+    # the maps are computed from their own Q, K tokens on the channel-layout paths:
+    # with detach=False they must still carry gradients to the query/key convs
+    m = randomize(create_attention(name, 16), scale=0.3)
+    pam = m if name == "pam" else m.pam
+    x = torch.randn(1, 16, 3, 4)
+    with convattn.capture_maps(m, detach=False) as maps:
+        m(x)
+    spatial = maps["PAM" if name == "pam" else "pam"]["spatial"]
+    (spatial * torch.arange(12.0).view(1, 3, 4)).sum().backward()
+    assert pam.query_conv.weight.grad is not None and pam.query_conv.weight.grad.abs().sum() > 0
+    assert pam.key_conv.weight.grad.abs().sum() > 0

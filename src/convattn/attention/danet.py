@@ -45,6 +45,10 @@ own, and keeps both learned terms exactly as in the paper.
 
 Memory: the position attention never holds the N x N matrix for large N; see
 :mod:`convattn.layers.attention_kernel` (``path="auto" | "matmul" | "chunked" | "sdpa"``).
+The matmul and chunked paths compute in the (B, C, N) layout of X
+(:func:`~convattn.layers.attention_kernel.position_attention_channels`): the three
+convs as one product, and X + gamma V S^T as one product seeded with X; their
+gradients are first-order only (the SDPA path, plain ops, also has higher ones).
 
 Maps recorded under :func:`convattn.capture_maps`:
 
@@ -66,8 +70,10 @@ from ..layers import AttentionModule, hidden_channels
 from ..layers.attention_kernel import (
     attention,
     check_path,
+    position_attention_channels,
     qk_width,
     record_position_maps,
+    select_path,
     tokens_from,
 )
 from ..registry import register
@@ -76,7 +82,7 @@ ENERGIES = ("official", "paper")
 
 
 class _PositionAttention(AttentionModule):
-    """Shared by PAM and DANet: the term gamma * (V S^T) without the residual."""
+    """Shared by PAM and DANet: the convs, gamma, and X + gamma * (V S^T) with or without X."""
 
     def _build_position(self, channels: int, reduction: float, path: str) -> None:
         width = hidden_channels(self._owner(), channels, reduction)
@@ -87,39 +93,63 @@ class _PositionAttention(AttentionModule):
         self.value_conv = nn.Conv1d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def _attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(X as (B, C, N), gamma * V S^T as tokens (B, N, C))."""
-        return position_attention(self, x)
-
     def position_term(self, x: torch.Tensor) -> torch.Tensor:
         """gamma * (V S^T), shape of ``x``."""
-        _, out = self._attend(x)
-        return out.transpose(1, 2).reshape(x.shape)
+        return position_attention(self, x, residual=False).reshape(x.shape)
 
     def residual_position(self, x: torch.Tensor) -> torch.Tensor:
-        """X + gamma * (V S^T) in one allocation (no transposed copy of the output)."""
-        flat, out = self._attend(x)
-        return (flat + out.transpose(1, 2)).reshape(x.shape)
+        """X + gamma * (V S^T), shape of ``x`` (the residual add fused into the last product)."""
+        return position_attention(self, x).reshape(x.shape)
 
 
+def _stacked_projections(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """[W_q; W_k; gamma W_v] and [b_q; 0; gamma b_v]: the three 1x1 convs as one product.
 
-def position_attention(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DANet's position attention without the residual, shared by ``pam`` and ``pam_gate``.
+    gamma is folded into V's rows, gamma (V S^T) = (gamma V) S^T, at the cost of a
+    C x C product instead of a (B, C, N) one.
+    """
+    convs = (m.query_conv, m.key_conv, m.value_conv)
+    ref = m.value_conv.weight
+    weight = torch.cat([m.query_conv.weight, m.key_conv.weight, m.value_conv.weight * m.gamma]).squeeze(-1)
+    biases = [c.bias if c.bias is not None else ref.new_zeros(c.out_channels) for c in convs]
+    biases[2] = biases[2] * m.gamma
+    return weight, torch.cat(biases)
+
+
+def position_attention(m: nn.Module, x: torch.Tensor, residual: bool = True) -> torch.Tensor:
+    """DANet's position attention, shared by ``pam``, ``danet`` and ``pam_gate``.
 
     ``m`` has ``query_conv``, ``key_conv``, ``value_conv``, ``gamma``, ``channels``
-    and ``path``. Returns (X as (B, C, N), gamma * V S^T as tokens (B, N, C)).
+    and ``path``. Returns X + gamma * V S^T (``residual=False``: gamma * V S^T)
+    as (B, C, N).
+
+    The matmul and chunked paths run :func:`position_attention_channels` (the layout
+    of X, the three projections as one product, the residual fused, in-place
+    softmax; while tracing or compiling, the matmul path's products as plain ops).
+    The SDPA path (also the chunked path while tracing or compiling: one op
+    without the N x N matrix) computes tokens (B, N, .) and calls :func:`attention`.
     """
     flat = x.flatten(2)
     n = flat.shape[-1]
+    d = m.query_conv.out_channels
+    chosen = select_path(n, n, m.path)
+    if getattr(m, "_map_sink", None) is not None:
+        # the maps need Q and K as tokens; computed only while a capture is active
+        record_position_maps(
+            m, tokens_from(m.query_conv, flat), tokens_from(m.key_conv, flat), scale=1.0, spatial=tuple(x.shape[2:])
+        )
+    if chosen != "sdpa":  # while tracing, select_path has made "chunked" into "sdpa"
+        weight, bias = _stacked_projections(m)
+        return position_attention_channels(flat, weight, bias, d, path=chosen, residual=residual)
     # q and k are projected straight to C columns (zero-padded) when SDPA will run
-    w = qk_width(n, n, m.query_conv.out_channels, m.channels, m.path)
+    w = qk_width(n, n, d, m.channels, m.path)
     q = tokens_from(m.query_conv, flat, w)
     k = tokens_from(m.key_conv, flat, w)
     # gamma folded into V's weights: gamma (V S^T) = (gamma V) S^T, no (B, N, C) product
     v = tokens_from(m.value_conv, flat, scale=m.gamma)
-    out = attention(q, k, v, scale=1.0, path=m.path)
-    record_position_maps(m, q, k, scale=1.0, spatial=tuple(x.shape[2:]))
-    return flat, out
+    out = attention(q, k, v, scale=1.0, path=chosen).transpose(1, 2)
+    return flat + out if residual else out
+
 
 @register(
     "pam",
@@ -238,4 +268,4 @@ class DANet(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return x + self.pam.position_term(x) + self.cam.channel_term(x)
+        return self.pam.residual_position(x) + self.cam.channel_term(x)

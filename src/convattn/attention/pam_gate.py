@@ -101,8 +101,7 @@ class PAMGate(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        flat, out = position_attention(self, x)
-        p = (flat + out.transpose(1, 2)).reshape(x.shape)
+        p = position_attention(self, x).reshape(x.shape)
         m = self.gate(x)
         self.record("channel", m)
         return p * unsqueeze_spatial(m, x.dim() - 2)

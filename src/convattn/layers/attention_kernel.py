@@ -34,6 +34,15 @@ Three paths compute the same thing:
   ``"chunked"`` is replaced by ``"sdpa"``, which those tools handle as one op
   and which also avoids the N x M matrix.
 
+``position_attention_channels(x, weight, bias, d, path=...)`` is DANet's position
+attention (``pam``, ``danet``, ``pam_gate``) on X (B, C, N) in X's own layout: the
+three 1x1 projections [Q; K; V] as one product, the scores softmaxed in place, and
+``X + V S^T`` as one product whose initial value is X (no (B, N, C) tokens, no
+transposed copies, no separate residual add). Its ``"matmul"`` path keeps the
+(B, N, N) softmax for the backward, its ``"chunked"`` path works on blocks of
+query positions as above; both use a ``torch.autograd.Function`` that writes the
+gradients of Q, K and V into one tensor.
+
 The scale is always passed explicitly: SDPA would otherwise apply
 ``1/sqrt(d)`` of the *padded* width, which none of the papers here do with that
 width (DANet and SAGAN use no scaling at all: ``scale=1.0``).
@@ -251,6 +260,172 @@ def attention(
     if chosen == "chunked":
         return attention_chunked(q, k, v, scale)
     return attention_matmul(q, k, v, scale)
+
+
+# --- position attention in channel layout (pam, danet, pam_gate) ---------------------------
+
+
+def _position_forward(flat, weight, bias, d, rows, residual, keep_scores):
+    """``[X +] V softmax(Q^T K)^T`` in (B, C, N); returns (out, proj, scores or None).
+
+    ``proj`` = [Q; K; V] = weight X + bias, (B, 2d + C, N): one product for the
+    three projections. ``rows`` >= N: one block, the full (B, N, N) softmax made in
+    place in its score buffer (kept for the backward if ``keep_scores``); else
+    blocks of ``rows`` query positions, each written into the output's columns.
+    """
+    B, C, N = flat.shape
+    proj = torch.baddbmm(bias.view(1, -1, 1).expand(B, -1, N), weight.expand(B, -1, -1), flat)
+    qt, k, v = proj[:, :d].transpose(1, 2), proj[:, d : 2 * d], proj[:, 2 * d :]
+    if rows >= N:
+        s = _softmax_(torch.bmm(qt, k))
+        # out = X + V S^T in one product: the residual is the product's initial value
+        out = torch.baddbmm(flat, v, s.transpose(1, 2)) if residual else torch.bmm(v, s.transpose(1, 2))
+        return out, proj, (s if keep_scores else None)
+    out = flat.new_empty(B, C, N)
+    buf = _Blocks(flat, B, rows, {"s": N})
+    for start in range(0, N, rows):
+        r = min(rows, N - start)
+        p = _softmax_(torch.bmm(qt[:, start : start + r], k, out=buf("s", r)))
+        # straight into the output's columns (B, C, r): each sample's block is a
+        # row-major matrix with leading dimension N, which the product writes in place
+        cols = out[:, :, start : start + r]
+        if residual:
+            torch.baddbmm(flat[:, :, start : start + r], v, p.transpose(1, 2), out=cols)
+        else:
+            torch.bmm(v, p.transpose(1, 2), out=cols)
+    return out, proj, None
+
+
+def _position_plain(flat, weight, bias, d, residual):
+    """The matmul path in plain differentiable ops (the same kernels): for tracing and compiling."""
+    B, C, N = flat.shape
+    proj = torch.baddbmm(bias.view(1, -1, 1).expand(B, -1, N), weight.expand(B, -1, -1), flat)
+    s = torch.softmax(torch.bmm(proj[:, :d].transpose(1, 2), proj[:, d : 2 * d]), dim=-1)
+    v = proj[:, 2 * d :]
+    return torch.baddbmm(flat, v, s.transpose(1, 2)) if residual else torch.bmm(v, s.transpose(1, 2))
+
+
+class _PositionAttention(torch.autograd.Function):
+    """``[X +] V softmax(Q^T K)^T`` with [Q; K; V] = weight X + bias, in channel layout.
+
+    Saves X, the weight and the projections (and, on the matmul path, the
+    softmax); the chunked path recomputes each block's softmax in the backward.
+    Backward, with G the output gradient (B, C, N) and P the softmax (B, N, N)::
+
+        dV = G P,  dP = G^T V,  dE = P * (dP - rowsum(P * dP))
+        dQ = K dE^T,  dK = Q dE,  dW = sum_b d[Q; K; V] X^T,  dX = [G +] W^T d[Q; K; V]
+
+    dQ, dK and dV are written straight into one (B, 2d + C, N) tensor, so dX is
+    one product; no transposed copy is made.
+    """
+
+    @staticmethod
+    def forward(ctx, flat, weight, bias, d, rows, residual, keep_scores):
+        out, proj, s = _position_forward(flat, weight, bias, d, rows, residual, keep_scores)
+        ctx.save_for_backward(flat, weight, proj, s)
+        ctx.d, ctx.rows, ctx.residual = d, rows, residual
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        flat, weight, proj, s = ctx.saved_tensors
+        d, rows = ctx.d, ctx.rows
+        B, C, N = flat.shape
+        # a gradient we copy (e.g. the expanded one of a .sum()) is ours to reuse for dX
+        own = not grad.is_contiguous()
+        g = grad.contiguous()
+        q, k, v = proj[:, :d], proj[:, d : 2 * d], proj[:, 2 * d :]
+        qt = q.transpose(1, 2)
+        dproj = torch.empty_like(proj)
+        dq, dk, dv = dproj[:, :d], dproj[:, d : 2 * d], dproj[:, 2 * d :]
+        if s is not None:  # the matmul path: one block, the saved softmax
+            torch.bmm(g, s, out=dv)
+            ds = torch.bmm(g.transpose(1, 2), v)
+            # dE = P * (dP - rowsum(P * dP)) in place of dP (the kernel finishes a
+            # row's rowsum before it writes that row)
+            ds = torch.ops.aten._softmax_backward_data.out(ds, s, -1, s.dtype, grad_input=ds)
+            torch.bmm(k, ds.transpose(1, 2), out=dq)
+            torch.bmm(q, ds, out=dk)
+            del ds
+        else:
+            dk.zero_()
+            dv.zero_()
+            buf = _Blocks(flat, B, rows, {"p": N, "ds": N})
+            for start in range(0, N, rows):
+                r = min(rows, N - start)
+                gb = g[:, :, start : start + r]
+                p = _softmax_(torch.bmm(qt[:, start : start + r], k, out=buf("p", r)))
+                dv.baddbmm_(gb, p)
+                ds = torch.bmm(gb.transpose(1, 2), v, out=buf("ds", r))
+                ds = torch.ops.aten._softmax_backward_data.out(ds, p, -1, p.dtype, grad_input=ds)
+                torch.bmm(k, ds.transpose(1, 2), out=dq[:, :, start : start + r])
+                dk.baddbmm_(q[:, :, start : start + r], ds)
+            del buf, p, ds, gb  # the block buffers go before dX is made
+        grad_flat = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.mm(dproj[0], flat[0].t())
+            for i in range(1, B):
+                grad_weight.addmm_(dproj[i], flat[i].t())
+        if ctx.needs_input_grad[2]:
+            grad_bias = dproj.sum((0, 2))
+        if ctx.needs_input_grad[0]:
+            wt = weight.t().expand(B, -1, -1)
+            if not ctx.residual:
+                grad_flat = torch.bmm(wt, dproj)
+            elif own:
+                grad_flat = g.baddbmm_(wt, dproj)
+            else:
+                grad_flat = torch.baddbmm(g, wt, dproj)
+        return grad_flat, grad_weight, grad_bias, None, None, None, None
+
+
+def position_attention_channels(
+    flat: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    d: int,
+    *,
+    path: str,
+    residual: bool = True,
+) -> torch.Tensor:
+    """DANet-style position attention on X (B, C, N) in channel layout, (B, C, N).
+
+    ``weight`` (2d + C, C) and ``bias`` (2d + C,) stack the query, key and value
+    projections: [Q; K; V] = weight X + bias, Q and K of width ``d``, V of width C.
+    Returns ``X + V softmax_rows(Q^T K)^T`` (``residual=False``: without X); any
+    output scale (DANet's gamma) is folded into V's rows of ``weight`` and ``bias``
+    by the caller. No scaling of the scores.
+
+    Computed in the layout of X: V S^T is one product whose initial value is X (the
+    residual add is fused; no (B, N, C) tokens and no transposed copies), the
+    softmax is made in place, and a ``torch.autograd.Function`` writes the
+    gradients of Q, K and V into one tensor. ``path`` is ``"matmul"`` (the full
+    (B, N, N) softmax, kept for the backward) or ``"chunked"`` (blocks of query
+    positions as in :func:`attention_chunked`, recomputed in the backward: linear
+    memory). Gradients are first-order only.
+
+    While tracing, scripting or compiling, either path runs the matmul path's
+    products as plain differentiable ops (the same kernels, so a traced module
+    gives the eager module's values): the block loop and the autograd.Function are
+    not traceable. A caller that needs linear memory in a traced graph uses
+    :func:`attention` with ``"sdpa"`` there, as ``pam`` does (see :func:`select_path`).
+    """
+    if path not in ("matmul", "chunked"):
+        raise ValueError(f"position_attention_channels: path must be 'matmul' or 'chunked', got {path!r}")
+    B, C, N = flat.shape
+    if weight.shape != (2 * d + C, C) or bias.shape != (2 * d + C,):
+        raise ValueError(
+            f"position_attention_channels: expected weight ({2 * d + C}, {C}) and bias ({2 * d + C},), "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
+    if _tracing():
+        return _position_plain(flat, weight, bias, d, residual)
+    rows = N if path == "matmul" else min(N, _chunk_rows(B, N, N, C))
+    keep = path == "matmul"
+    if torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _PositionAttention.apply(flat, weight, bias, d, rows, residual, keep)
+    return _position_forward(flat, weight, bias, d, rows, residual, False)[0]
 
 
 def _row_chunk(batch: int, n_keys: int) -> int:
