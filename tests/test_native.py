@@ -301,6 +301,37 @@ def test_short_row_pools_every_width(W, dtype):
     torch.testing.assert_close(aw, x.mean(3), equal_nan=True)
 
 
+@pytest.mark.parametrize("inputs, k, size", [(2, 7, (6, 9)), (1, 3, (5, 4)), (2, 5, (30, 7)), (2, 1, (3, 3))])
+def test_conv_1out_equals_conv2d_values_and_gradients(inputs, k, size):
+    """The native one-output-channel conv (CBAM's and triplet's gates) and its backward
+    against F.conv2d, float64, with a gradcheck."""
+    from convattn.layers.gated import conv_1out
+
+    torch.manual_seed(k)
+    z = torch.randn(3, inputs, *size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, inputs, k, k, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 1, *size, dtype=torch.float64)
+    y = conv_1out(z, w)
+    assert y is not None and "ConvPlanes" in type(y.grad_fn.next_functions[0][0]).__name__
+    ref = torch.nn.functional.conv2d(z, w, padding=k // 2)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-12)
+    d = torch.autograd.grad(y, (z, w), g)
+    d_ref = torch.autograd.grad(ref, (z, w), g)
+    for a, b in zip(d, d_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    small = (z[:1, :, :4, :5].detach().clone().requires_grad_(), w)
+    assert torch.autograd.gradcheck(lambda a, b: conv_1out(a, b), small)
+    # a transposed (non-contiguous) input and float32 work too; other shapes decline
+    zt = z.detach().float().transpose(2, 3)
+    torch.testing.assert_close(
+        conv_1out(zt, w.detach().float()), torch.nn.functional.conv2d(zt, w.detach().float(), padding=k // 2),
+        atol=1e-5, rtol=1e-5,
+    )
+    assert conv_1out(z.detach()[:, :1].expand(3, 3, *size), w.detach()) is None  # three inputs
+    with native.disabled():
+        assert conv_1out(z, w) is None
+
+
 def test_scatter_max_grad_splits_ties():
     x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     mx, idx, cnt = x.amax(1), x.argmax(1), (x == x.amax(1, keepdim=True)).sum(1).to(torch.int32)

@@ -64,7 +64,7 @@ from ..layers import (
     unsqueeze_spatial,
 )
 from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
-from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
+from ..layers.gated import GateSpec, conv_1out, fast_ok, gated, wants_grad
 from ..registry import register
 
 _POOL_ORDERS = ("max_mean", "mean_max")
@@ -210,7 +210,9 @@ class CBAMSpatial(AttentionModule):
         """
         pair = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
         p = torch.stack(pair, 1)
-        v = narrow_conv(self.conv, p) if fast else self.conv(p)
+        v = conv_1out(p, self.conv.weight) if fast and self.conv.bias is None else None  # native kernels
+        if v is None:
+            v = narrow_conv(self.conv, p) if fast else self.conv(p)
         return torch.sigmoid(self.bn(v)).squeeze(1)
 
     def gate(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:

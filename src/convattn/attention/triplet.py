@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, native
-from ..layers.gated import fast_ok, scatter_max_grad, wants_grad
+from ..layers.gated import conv_1out, fast_ok, scatter_max_grad, wants_grad
 from ..registry import register
 
 
@@ -67,7 +67,8 @@ class ZPoolGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight)))
+        v = conv_1out(z, self.conv.weight)  # native kernels when they apply
+        return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight) if v is None else v))
 
     def forward_native(self, zmax: torch.Tensor, zmean: torch.Tensor, transposed: bool = False) -> torch.Tensor:
         """The same map from the pooled planes (B, P, Q) each, in one native kernel; no autograd.

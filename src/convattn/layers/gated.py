@@ -256,3 +256,36 @@ def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> 
     with torch.no_grad():
         gc, gs, _ = _gates(x, spec, params, keep=False)
         return native.scale(x, gc, gs, spec.mode)
+
+
+class _ConvPlanes(torch.autograd.Function):
+    """conv2d of one or two (B, H, W) planes with a (1, I, k, k) kernel on the native kernels."""
+
+    @staticmethod
+    def forward(ctx, p0, p1, weight):  # type: ignore[override]
+        ctx.save_for_backward(p0, weight, *(() if p1 is None else (p1,)))
+        return native.conv2d_planes(p0, p1, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        p0, weight, *rest = ctx.saved_tensors
+        p1 = rest[0] if rest else None
+        need = ctx.needs_input_grad
+        return native.conv2d_planes_backward(g, p0, p1, weight, need[0], need[1], need[2])
+
+
+def conv_1out(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """``F.conv2d(z, weight, padding=k // 2)`` for a 2-D conv with one output channel and
+    I = 1 or 2 inputs (CBAM's and triplet attention's gates), differentiable, on the
+    native kernels (about 10x faster than oneDNN's backward for this shape); None when
+    they do not apply (then call the conv as usual). z (B, I, H, W) -> (B, 1, H, W).
+    """
+    if z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype:
+        return None
+    k = weight.shape[-1]
+    if weight.shape != (1, z.shape[1], k, k) or k % 2 == 0 or not native.usable(z, contiguous=False):
+        return None
+    p0 = z[:, 0].contiguous()
+    p1 = z[:, 1].contiguous() if z.shape[1] == 2 else None
+    return _ConvPlanes.apply(p0, p1, weight).unsqueeze(1)

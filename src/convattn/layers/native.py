@@ -88,13 +88,14 @@ _SIGNATURES = {
     "triplet_scale": [_P, _P, _P, _P, _I, _I, _I, _I, None, _P, ctypes.c_int],
     "triplet_dots": [_P, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int],
     "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
-    "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, _P, ctypes.c_int],
+    "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, ctypes.c_int, _P, ctypes.c_int],
+    "conv2d_bwd": [_P, _P, _P, _I, _I, _I, _P, _I, _P, _P, _P, ctypes.c_int],
     "gate_eval": [_P, _P, _P, ctypes.c_int],
     "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
     "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, None, _P, ctypes.c_int],
 }
 #: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
-_RETURNS_STATUS = frozenset({"conv2d_gate", "gate_eval", "coord_eval", "triplet_eval"})
+_RETURNS_STATUS = frozenset({"conv2d_gate", "conv2d_bwd", "gate_eval", "coord_eval", "triplet_eval"})
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
@@ -219,9 +220,10 @@ def _graph_capture() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
 
 
-def usable(x: torch.Tensor) -> bool:
-    """True when the kernels may run on ``x`` (see the module docstring)."""
-    if type(x) is not torch.Tensor or x.dtype not in _SUFFIX or not x.is_contiguous() or x.is_cuda:
+def usable(x: torch.Tensor, contiguous: bool = True) -> bool:
+    """True when the kernels may run on ``x`` (see the module docstring); with
+    ``contiguous=False`` for a tensor the caller copies into a contiguous one."""
+    if type(x) is not torch.Tensor or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()) or x.is_cuda:
         return False
     if x.device.type != "cpu" or x.dim() < 2 or x.numel() == 0 or _graph_capture() or not enabled():
         return False
@@ -420,9 +422,38 @@ def conv2d_gate(
     p0, p1, weight = _small(p0, p0.dtype), _small(p1, p0.dtype), _small(weight, p0.dtype)
     out = p0.new_empty((B, H, W))
     _check(_fn("conv2d_gate", p0.dtype)(
-        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, out.data_ptr(), _threads()
+        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, 1, out.data_ptr(), _threads()
     ), "conv2d_gate")
     return out
+
+
+def conv2d_planes(p0: torch.Tensor, p1: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d([p0; p1], weight, padding=k // 2)[:, 0]``: planes (B, H, W) each (p1 may be
+    None), weight (1, I, k, k), odd k, one output channel; (B, H, W). No autograd."""
+    B, H, W = p0.shape
+    k = weight.shape[-1]
+    weight = _small(weight, p0.dtype)
+    out = p0.new_empty((B, H, W))
+    _check(_fn("conv2d_gate", p0.dtype)(
+        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, 1.0, 0.0, 0, out.data_ptr(), _threads()
+    ), "conv2d_gate")
+    return out
+
+
+def conv2d_planes_backward(g, p0, p1, weight, want_p0: bool = True, want_p1: bool = True, want_w: bool = True):
+    """(dL/dp0, dL/dp1, dL/dweight) of :func:`conv2d_planes` given dL/dout = g (B, H, W);
+    unwanted ones are None."""
+    B, H, W = p0.shape
+    k = weight.shape[-1]
+    g = g.contiguous()
+    w = _small(weight, p0.dtype)
+    d0 = torch.empty_like(p0) if want_p0 else None
+    d1 = torch.empty_like(p1) if want_p1 and p1 is not None else None
+    dw = torch.empty(w.shape, dtype=p0.dtype) if want_w else None
+    _check(_fn("conv2d_bwd", p0.dtype)(
+        g.data_ptr(), p0.data_ptr(), _ptr(p1), B, H, W, w.data_ptr(), k, _ptr(d0), _ptr(d1), _ptr(dw), _threads()
+    ), "conv2d_bwd")
+    return d0, d1, None if dw is None else dw.to(weight.dtype)
 
 
 def bn_affine(bn: torch.nn.Module) -> tuple[float, float]:

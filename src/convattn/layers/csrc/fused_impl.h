@@ -31,7 +31,7 @@ static void NAME(gate_eval_sample)(const T *restrict xb, const gate_eval_args *a
             NAME(pool_channel_task)(xb, g, C, S, s0, imin64(SCHUNK, S - s0), pm + s0, px + s0, NULL, NULL);
         const T *first = a->max_first ? px : pm, *second = a->max_first ? pm : px;
         NAME(conv2d_sample)(first, second, a->H, a->W, (const T *)a->cw2, a->k2, (T)a->s_scale, (T)a->s_shift,
-                            gsb, cws);
+                            1, gsb, cws);
         gs = gsb;
     } else if (a->sp_kind == GE_SP_LINEAR) {
         /* logits w . x over channels: the mean of x * w times C */
@@ -87,7 +87,7 @@ int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict ou
         NAME(pool_channel)(xr, a->sequential ? gc : NULL, rest, C, S, pm, px, NULL, NULL, nth);
         const T *first = a->max_first ? px : pm, *second = a->max_first ? pm : px;
         failed = NAME(conv2d_gate)(first, second, rest, a->H, a->W, (const T *)a->cw2, a->k2, (T)a->s_scale,
-                                   (T)a->s_shift, gsb, nth);
+                                   (T)a->s_shift, 1, gsb, nth);
         gs = gsb;
     } else if (a->sp_kind == GE_SP_LINEAR) {
         const T *lw = (const T *)a->lw;
@@ -289,12 +289,12 @@ static void NAME(triplet_sample)(const T *restrict xb, int64_t C, int64_t H, int
     for (int64_t c = 0; c < C; c++)
         NAME(triplet_pool_row)(xb + c * S, H, W, mh + c * W, ah + c * W, mw + c * H, aw + c * H, NULL, NULL, NULL,
                                NULL);
-    NAME(conv2d_sample)(mh, ah, C, W, w_cw, k, (T)aff[0], (T)aff[1], acw, cws);
-    NAME(conv2d_sample)(mw, aw, C, H, w_hc, k, (T)aff[2], (T)aff[3], ahc, cws);
+    NAME(conv2d_sample)(mh, ah, C, W, w_cw, k, (T)aff[0], (T)aff[1], 1, acw, cws);
+    NAME(conv2d_sample)(mw, aw, C, H, w_hc, k, (T)aff[2], (T)aff[3], 1, ahc, cws);
     if (w_hw) {
         for (int64_t s0 = 0; s0 < S; s0 += SCHUNK)
             NAME(pool_channel_task)(xb, NULL, C, S, s0, imin64(SCHUNK, S - s0), pm + s0, px + s0, NULL, NULL);
-        NAME(conv2d_sample)(px, pm, H, W, w_hw, k, (T)aff[4], (T)aff[5], ahw, cws);
+        NAME(conv2d_sample)(px, pm, H, W, w_hw, k, (T)aff[4], (T)aff[5], 1, ahw, cws);
     }
     for (int64_t c = 0; c < C; c++)
         NAME(triplet_scale_row)(xb + c * S, acw + c * W, ahc + c * H, w_hw ? ahw : NULL, H, W, kk, ob + c * S);
@@ -337,11 +337,11 @@ int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int
         T *ws = (T *)malloc((size_t)NAME(triplet_ws)(C, H, W, k) * sizeof(T));
         if (!ws) { failed = 1; continue; }
         if (which == 0)
-            NAME(conv2d_sample)(mh + b * C * W, ah + b * C * W, C, W, w_cw, k, (T)aff[0], (T)aff[1], acw + b * C * W, ws);
+            NAME(conv2d_sample)(mh + b * C * W, ah + b * C * W, C, W, w_cw, k, (T)aff[0], (T)aff[1], 1, acw + b * C * W, ws);
         else if (which == 1)
-            NAME(conv2d_sample)(mw + b * C * H, aw + b * C * H, C, H, w_hc, k, (T)aff[2], (T)aff[3], ahc + b * C * H, ws);
+            NAME(conv2d_sample)(mw + b * C * H, aw + b * C * H, C, H, w_hc, k, (T)aff[2], (T)aff[3], 1, ahc + b * C * H, ws);
         else
-            NAME(conv2d_sample)(px + b * H * W, pm + b * H * W, H, W, w_hw, k, (T)aff[4], (T)aff[5], ahw + b * H * W, ws);
+            NAME(conv2d_sample)(px + b * H * W, pm + b * H * W, H, W, w_hw, k, (T)aff[4], (T)aff[5], 1, ahw + b * H * W, ws);
         free(ws);
     }
     if (!failed) NAME(triplet_scale)(xr, acw, ahc, w_hw ? ahw : NULL, rest, C, H, W, kk, out + nfull * per, nth);

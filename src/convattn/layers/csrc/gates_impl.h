@@ -336,6 +336,13 @@ void NAME(conv1d_sigmoid)(const T *restrict z, int64_t B, int64_t C, int64_t k, 
     }
 }
 
+static inline T NAME(dot_row)(const T *restrict p, const T *restrict q, int64_t S) {
+    T s = 0;
+    #pragma omp simd reduction(+:s)
+    for (int64_t i = 0; i < S; i++) s += p[i] * q[i];
+    return s;
+}
+
 /* A k x k conv gate in eval, 2-D: out = sigmoid(scale * conv(P) + shift), P the
  * I = 1 or 2 planes p0, p1 (each (B, H, W), p1 nullable), one output channel,
  * kernel w (I, k, k), stride 1, zero padding k / 2 (k odd). BN in eval and a
@@ -352,7 +359,8 @@ static int64_t NAME(conv2d_ws)(int64_t H, int64_t W, int64_t k) { /* workspace v
 }
 
 static void NAME(conv2d_sample)(const T *restrict p0, const T *restrict p1, int64_t H, int64_t W,
-                                const T *restrict w, int64_t k, T scale, T shift, T *restrict o, T *restrict ws) {
+                                const T *restrict w, int64_t k, T scale, T shift, int act, T *restrict o,
+                                T *restrict ws) {
     int64_t I = p1 ? 2 : 1;
     int64_t pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad;
     T *restrict pin = ws, *restrict acc = ws + 2 * Hp * Wp + 2 * pad;
@@ -385,14 +393,19 @@ static void NAME(conv2d_sample)(const T *restrict p0, const T *restrict p1, int6
                 }
             }
     }
-    for (int64_t y = 0; y < H; y++)
-        for (int64_t x = 0; x < W; x++)
-            o[y * W + x] = (T)1 / ((T)1 + EXP(-(scale * acc[y * Wp + x] + shift)));
+    if (act)
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++)
+                o[y * W + x] = (T)1 / ((T)1 + EXP(-(scale * acc[y * Wp + x] + shift)));
+    else
+        for (int64_t y = 0; y < H; y++)
+            for (int64_t x = 0; x < W; x++) o[y * W + x] = scale * acc[y * Wp + x] + shift;
 }
 
-/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
+/* act = 1: the gate above; act = 0: scale * conv + shift, no sigmoid (the raw conv
+ * for autograd). Returns 0, or 1 when a workspace could not be allocated. */
 int NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int64_t H, int64_t W,
-                      const T *restrict w, int64_t k, T scale, T shift, T *restrict out, int nth) {
+                      const T *restrict w, int64_t k, T scale, T shift, int act, T *restrict out, int nth) {
     int64_t nws = NAME(conv2d_ws)(H, W, k);
     int failed = 0;
     #pragma omp parallel num_threads(nth) reduction(|:failed)
@@ -401,10 +414,62 @@ int NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int
         if (!ws) failed = 1;
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++)
-            if (ws) NAME(conv2d_sample)(p0 + b * H * W, p1 ? p1 + b * H * W : NULL, H, W, w, k, scale, shift,
+            if (ws) NAME(conv2d_sample)(p0 + b * H * W, p1 ? p1 + b * H * W : NULL, H, W, w, k, scale, shift, act,
                                         out + b * H * W, ws);
         free(ws);
     }
+    return failed;
+}
+
+/* The backward of the raw conv (act = 0, scale 1, shift 0) given dL/dout = go (B, H, W):
+ * dz_i = the same-padding correlation of go with w_i rotated by 180 degrees (dz0, dz1
+ * nullable), dw[i, dy, dx] = sum_{b, p, q} go[b, p, q] z_i[b, p + dy - pad, q + dx - pad]
+ * (dw nullable), as dot products over the padded flattened layout of conv2d_sample.
+ * Returns 0, or 1 when a workspace could not be allocated. */
+int NAME(conv2d_bwd)(const T *restrict go, const T *restrict p0, const T *restrict p1, int64_t B, int64_t H, int64_t W,
+                     const T *restrict w, int64_t k, T *restrict dz0, T *restrict dz1, T *restrict dw, int nth) {
+    int64_t I = p1 ? 2 : 1, pad = k / 2, Wp = W + 2 * pad, Hp = H + 2 * pad, n = H * Wp, kk = k * k;
+    T *wf = (T *)malloc((size_t)(I * kk) * sizeof(T));
+    if (!wf) return 1;
+    for (int64_t i = 0; i < I; i++)
+        for (int64_t t = 0; t < kk; t++) wf[i * kk + t] = w[i * kk + (kk - 1 - t)];
+    if (dw) for (int64_t t = 0; t < I * kk; t++) dw[t] = 0;
+    int64_t nws = NAME(conv2d_ws)(H, W, k) + I * Hp * Wp + 2 * pad + n + I * kk;
+    int failed = 0;
+    #pragma omp parallel num_threads(nth) reduction(|:failed)
+    {
+        T *ws = (T *)malloc((size_t)nws * sizeof(T));
+        if (!ws) failed = 1;
+        T *zp = ws ? ws + NAME(conv2d_ws)(H, W, k) : NULL;
+        T *gop = ws ? zp + I * Hp * Wp + 2 * pad : NULL, *dwp = ws ? gop + n : NULL;
+        if (ws) for (int64_t t = 0; t < I * kk; t++) dwp[t] = 0;
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (!ws) continue;
+            const T *g = go + b * H * W;
+            if (dz0) NAME(conv2d_sample)(g, NULL, H, W, wf, k, (T)1, (T)0, 0, dz0 + b * H * W, ws);
+            if (dz1) NAME(conv2d_sample)(g, NULL, H, W, wf + kk, k, (T)1, (T)0, 0, dz1 + b * H * W, ws);
+            if (!dw) continue;
+            memset(zp, 0, (size_t)(I * Hp * Wp + 2 * pad) * sizeof(T));
+            for (int64_t i = 0; i < I; i++)
+                for (int64_t y = 0; y < H; y++)
+                    memcpy(zp + (i * Hp + y + pad) * Wp + pad, (i ? p1 : p0) + (b * H + y) * W, (size_t)W * sizeof(T));
+            for (int64_t y = 0; y < H; y++) {
+                memcpy(gop + y * Wp, g + y * W, (size_t)W * sizeof(T));
+                for (int64_t q = W; q < Wp; q++) gop[y * Wp + q] = 0;
+            }
+            for (int64_t i = 0; i < I; i++)
+                for (int64_t dy = 0; dy < k; dy++)
+                    for (int64_t dx = 0; dx < k; dx++)
+                        dwp[(i * k + dy) * k + dx] += NAME(dot_row)(zp + (i * Hp + dy) * Wp + dx, gop, n);
+        }
+        if (ws && dw) {
+            #pragma omp critical
+            for (int64_t t = 0; t < I * kk; t++) dw[t] += dwp[t];
+        }
+        free(ws);
+    }
+    free(wf);
     return failed;
 }
 
@@ -729,12 +794,6 @@ void NAME(triplet_grad)(const T *restrict dy, const T *restrict acw, const T *re
 
 /* out[b, c] = sum_s x[b, c, s] v[b, s]: a batched matrix-vector product
  * (torch.bmm with one column runs at a fraction of memory speed). */
-static inline T NAME(dot_row)(const T *restrict p, const T *restrict q, int64_t S) {
-    T s = 0;
-    #pragma omp simd reduction(+:s)
-    for (int64_t i = 0; i < S; i++) s += p[i] * q[i];
-    return s;
-}
 
 void NAME(rowdot)(const T *restrict x, const T *restrict v, int64_t B, int64_t C, int64_t S,
                   T *restrict out, int nth) {
