@@ -359,3 +359,26 @@ def test_position_channels_bad_arguments():
         ak.position_attention_channels(flat, weight, bias, 2, path="sdpa")
     with pytest.raises(ValueError, match=r"expected weight \(12, 8\)"):
         ak.position_attention_channels(flat, weight[:-1], bias, 2, path="matmul")
+
+
+def test_position_channels_bfloat16_and_autocast(blocks_of):
+    # bfloat16 inputs run in bfloat16; under CPU autocast the products run in bfloat16
+    # (one dtype inside the kernel) and the residual is added in X's float32
+    b, c, n, d = 2, 8, 11, 2
+    blocks_of(4, b, n)
+    flat, weight, bias = _position_inputs(b, c, n, d, seed=10)
+    ref = naive_position(flat, weight, bias, d)
+    for path in ("matmul", "chunked"):
+        xb = flat.bfloat16().requires_grad_(True)
+        out = ak.position_attention_channels(xb, weight.bfloat16(), bias.bfloat16(), d, path=path)
+        assert out.dtype == torch.bfloat16
+        out.sum().backward()
+        assert xb.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.1)
+        x, w = flat.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ak.position_attention_channels(x, w, bias, d, path=path)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.1)
+        out.sum().backward()
+        assert x.grad.dtype == w.grad.dtype == torch.float32 and w.grad.abs().sum() > 0

@@ -421,6 +421,17 @@ def position_attention_channels(
         )
     if _tracing():
         return _position_plain(flat, weight, bias, d, residual)
+    dev = flat.device.type
+    if torch.is_autocast_enabled(dev):
+        low = torch.get_autocast_dtype(dev)
+        if flat.dtype not in (torch.float64, low):
+            # as autocast runs the products: in its lower precision (the kernels here
+            # need one dtype), with the residual added in X's own precision
+            with torch.autocast(dev, enabled=False):
+                term = position_attention_channels(
+                    flat.to(low), weight.to(low), bias.to(low), d, path=path, residual=False
+                )
+            return flat + term if residual else term
     rows = N if path == "matmul" else min(N, _chunk_rows(B, N, N, C))
     keep = path == "matmul"
     if torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad or bias.requires_grad):
