@@ -6,7 +6,9 @@ only: the naive version would hold two 1 GiB score matrices).
 
 - Peak memory: each (implementation, configuration) in a fresh subprocess; a
   tiny warm-up call (4x4), then ``5 > /proc/self/clear_refs``, then VmHWM minus
-  VmRSS from ``/proc/self/status`` around one full-size call (DESIGN.md).
+  VmRSS from ``/proc/self/status`` around one full-size call (DESIGN.md). Ours is
+  measured ``--memory-repeats`` times (3; each in its own fresh process), all
+  reported, and the ratio taken from the largest.
 - Latency: one fresh subprocess per configuration timing both implementations
   interleaved (naive, ours, naive, ours, ...) with ``torch.utils.benchmark``
   (num_threads=2); the median of each is reported and the ratio ours / naive.
@@ -14,9 +16,9 @@ only: the naive version would hold two 1 GiB score matrices).
   ``bmm`` -> softmax -> ``bmm`` with the full N x N matrix), given the same
   weights as ours; the outputs are compared as a sanity check.
 
-Writes benchmarks/results/pam.md and benchmarks/results/pam.json.
+Writes benchmarks/results/pam.md and benchmarks/results/pam.json (or into ``--out``).
 
-Usage: python benchmarks/bench_pam.py [--quick]
+Usage: python benchmarks/bench_pam.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -167,8 +169,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="only H=W in {16, 64}, C=256 (a smoke run)")
     p.add_argument("--min-run-time", type=float, default=1.0, help="keep timing rounds for 2x this")
     p.add_argument("--min-rounds", type=int, default=3, help="interleaved (naive, ours) rounds at least")
+    p.add_argument("--memory-repeats", type=int, default=3, help="fresh-process peak measurements of ours")
     p.add_argument("--child", nargs="+")
     p.add_argument("--markdown-only", action="store_true", help="rewrite pam.md from pam.json (no measurement)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for pam.md and pam.json")
+    p.add_argument("--no-latency", action="store_true", help="peak memory only (unaffected by machine load)")
     a = p.parse_args()
 
     if a.child:
@@ -183,8 +188,8 @@ def main() -> None:
         return
 
     if a.markdown_only:
-        saved = json.loads((RESULTS / "pam.json").read_text())
-        (RESULTS / "pam.md").write_text(_markdown(saved["meta"], saved["rows"], saved["large"]))
+        saved = json.loads((a.out / "pam.json").read_text())
+        (a.out / "pam.md").write_text(_markdown(saved["meta"], saved["rows"], saved["large"]))
         return
 
     sizes = (16, 64) if a.quick else SIZES
@@ -196,14 +201,23 @@ def main() -> None:
         for c in channels:
             for s in sizes:
                 row = {"mode": mode, "B": 2, "C": c, "H": s, "W": s, "N": s * s}
-                for impl in ("naive", "ours"):
-                    m = _run_child(["memory", impl, mode, str(c), str(s), "2"])
-                    row[f"{impl}_peak_mib"] = m.get("peak_mib")
+                m = _run_child(["memory", "naive", mode, str(c), str(s), "2"])
+                row["naive_peak_mib"] = m.get("peak_mib")
+                if "error" in m:
+                    row["naive_error"] = m["error"]
+                peaks = []
+                for _ in range(max(1, a.memory_repeats)):
+                    m = _run_child(["memory", "ours", mode, str(c), str(s), "2"])
                     if "error" in m:
-                        row[f"{impl}_error"] = m["error"]
-                row.update(
-                    _run_child(["latency", mode, str(c), str(s), "2", str(a.min_run_time), str(a.min_rounds)])
-                )
+                        row["ours_error"] = m["error"]
+                    else:
+                        peaks.append(m["peak_mib"])
+                row["ours_peak_runs_mib"] = peaks
+                row["ours_peak_mib"] = max(peaks) if peaks else None
+                if not a.no_latency:
+                    row.update(
+                        _run_child(["latency", mode, str(c), str(s), "2", str(a.min_run_time), str(a.min_rounds)])
+                    )
                 if row.get("naive_peak_mib") and row.get("ours_peak_mib") is not None:
                     row["mem_ratio"] = row["ours_peak_mib"] / row["naive_peak_mib"]
                 if row.get("naive_ms"):
@@ -211,7 +225,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     big = {"mode": "eval", "B": 1, "C": 256, "H": 128, "W": 128, "N": 128 * 128}
-    big["ours_peak_mib"] = _run_child(["memory", "ours", "eval", "256", "128", "1"]).get("peak_mib")
+    big_runs = [_run_child(["memory", "ours", "eval", "256", "128", "1"]).get("peak_mib") for _ in range(max(1, a.memory_repeats))]
+    big["ours_peak_runs_mib"] = big_runs
+    big["ours_peak_mib"] = None if None in big_runs else max(big_runs)
     print(json.dumps(big), flush=True)
     elapsed = time.time() - t0
 
@@ -228,6 +244,7 @@ def main() -> None:
         "threads": 2,
         "min_rounds": a.min_rounds,
         "min_run_time": a.min_run_time,
+        "memory_repeats": a.memory_repeats,
         "auto_chunked_min_scores": attention_kernel.AUTO_CHUNKED_MIN_SCORES,
         "chunk_elements": attention_kernel.CHUNK_ELEMENTS,
         "load_average_at_start": load_start,
@@ -235,10 +252,10 @@ def main() -> None:
         "elapsed_s": elapsed,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pam.json").write_text(json.dumps({"meta": meta, "rows": rows, "large": big}, indent=2))
-    (RESULTS / "pam.md").write_text(_markdown(meta, rows, big))
-    print(f"wrote {RESULTS / 'pam.md'} and {RESULTS / 'pam.json'} in {elapsed:.0f}s")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "pam.json").write_text(json.dumps({"meta": meta, "rows": rows, "large": big}, indent=2))
+    (a.out / "pam.md").write_text(_markdown(meta, rows, big))
+    print(f"wrote {a.out / 'pam.md'} and {a.out / 'pam.json'} in {elapsed:.0f}s")
 
 
 def _fmt(v, spec=".1f"):
@@ -262,26 +279,32 @@ def _markdown(meta: dict, rows: list[dict], big: dict) -> str:
         f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the absolute times."
         + ("**" if busy else ""),
         "",
-        "Peak = VmHWM - VmRSS around one full-size call in a fresh process after a 4x4 warm-up. "
-        "Ours uses `path=\"auto\"`: the plain matmul while N*N < "
+        "Peak = VmHWM - VmRSS around one full-size call in a fresh process after a 4x4 warm-up; ours "
+        f"measured {meta.get('memory_repeats', 1)} times (each in a fresh process), all listed, the ratio "
+        "from the largest. "
+        "Ours uses `path=\"auto\"`, computed in the (B, C, N) layout of X (the three projections as one "
+        "product, X + gamma V S^T as one product seeded with X, softmax in place): the full softmax while N*N < "
         f"{meta.get('auto_chunked_min_scores', 0):,} scores per sample, above it the chunked path "
-        f"(blocks of query rows holding max({meta.get('chunk_elements', 0):,}, B*N*C) scores across the batch, "
-        "recomputed block by block in the backward; q and k keep width C/8). On this shared machine one "
+        f"(blocks of query positions holding max({meta.get('chunk_elements', 0):,}, B*N*C) scores across the "
+        "batch, recomputed block by block in the backward; q and k keep width C/8). On this shared machine one "
         "configuration's latency ratio can move by tens of percent between runs of the same code.",
         "",
-        "| mode | C | HxW | N | naive peak MiB | ours peak MiB | mem ratio | naive ms | ours ms | latency ratio | max abs diff |",
+        "| mode | C | HxW | N | naive peak MiB | ours peak MiB (runs) | mem ratio | naive ms | ours ms | latency ratio | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        runs = r.get("ours_peak_runs_mib")
+        ours_peak = " / ".join(_fmt(v) for v in runs) if runs else _fmt(r.get("ours_peak_mib"))
         lines.append(
             f"| {r['mode']} | {r['C']} | {r['H']}x{r['W']} | {r['N']} | {_fmt(r.get('naive_peak_mib'))} | "
-            f"{_fmt(r.get('ours_peak_mib'))} | {_fmt(r.get('mem_ratio'), '.3f')} | {_fmt(r.get('naive_ms'))} | "
+            f"{ours_peak} | {_fmt(r.get('mem_ratio'), '.3f')} | {_fmt(r.get('naive_ms'))} | "
             f"{_fmt(r.get('ours_ms'))} | {_fmt(r.get('latency_ratio'), '.2f')} | {_fmt(r.get('max_abs_diff'), '.1e')} |"
         )
     lines += [
         "",
         f"Large input: eval forward at 128x128 (N=16,384), B=1, C=256: ours peak "
-        f"{_fmt(big.get('ours_peak_mib'))} MiB (target < 1024 MiB; the naive version is not run: "
+        f"{' / '.join(_fmt(v) for v in big.get('ours_peak_runs_mib') or [big.get('ours_peak_mib')])} MiB "
+        "(target < 1024 MiB; the naive version is not run: "
         "its two 16,384 x 16,384 float32 matrices alone are 2 GiB).",
         "",
         f"Whole run: {meta['elapsed_s']:.0f} s.",
