@@ -273,11 +273,15 @@ def _markdown(meta: dict, rows: list[dict], big: dict) -> str:
         f"torch {meta['torch']}, {meta['cpus']} shared CPU cores, 2 threads; {meta['date_utc']} UTC; "
         f"load average (1, 5, 15 min) at the start {load('load_average_at_start')}, "
         f"at the end {load('load_average_at_end')}.",
-        ("**The machine is shared with other jobs (load average above its 2 cores during this run): "
-         if busy else "The machine is shared with other jobs: ")
-        + "latencies are noisy (each is the median of the interleaved naive/ours rounds, at least "
-        f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the absolute times."
-        + ("**" if busy else ""),
+        (
+            ("**The machine is shared with other jobs (load average above its 2 cores during this run): "
+             if busy else "The machine is shared with other jobs: ")
+            + "latencies are noisy (each is the median of the interleaved naive/ours rounds, at least "
+            f"{meta['min_rounds']}, for up to {2 * meta['min_run_time']:.0f} s); compare the ratios, not the "
+            "absolute times." + ("**" if busy else "")
+        )
+        if any(r.get("naive_ms") for r in rows)
+        else "Latency not measured in this run (`--no-latency`): peak memory only, which machine load does not affect.",
         "",
         "Peak = VmHWM - VmRSS around one full-size call in a fresh process after a 4x4 warm-up; ours "
         f"measured {meta.get('memory_repeats', 1)} times (each in a fresh process), all listed, the ratio "
