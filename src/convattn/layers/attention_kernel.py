@@ -305,7 +305,7 @@ def _position_plain(flat, weight, bias, d, residual):
     return torch.baddbmm(flat, v, s.transpose(1, 2)) if residual else torch.bmm(v, s.transpose(1, 2))
 
 
-class _PositionAttention(torch.autograd.Function):
+class _ChannelPositionAttention(torch.autograd.Function):
     """``[X +] V softmax(Q^T K)^T`` with [Q; K; V] = weight X + bias, in channel layout.
 
     Saves X, the weight and the projections (and, on the matmul path, the
@@ -435,7 +435,7 @@ def position_attention_channels(
     rows = N if path == "matmul" else min(N, _chunk_rows(B, N, N, C))
     keep = path == "matmul"
     if torch.is_grad_enabled() and (flat.requires_grad or weight.requires_grad or bias.requires_grad):
-        return _PositionAttention.apply(flat, weight, bias, d, rows, residual, keep)
+        return _ChannelPositionAttention.apply(flat, weight, bias, d, rows, residual, keep)
     return _position_forward(flat, weight, bias, d, rows, residual, False)[0]
 
 
