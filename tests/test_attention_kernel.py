@@ -286,6 +286,25 @@ def test_position_channels_gradcheck_float64(blocks_of):
             assert torch.autograd.gradcheck(fn, (flat, weight, bias))
 
 
+def test_position_channels_second_derivatives_float64(blocks_of):
+    # create_graph=True: the backward runs through differentiable ops (both paths)
+    b, c, n, d = 1, 4, 5, 2
+    blocks_of(2, b, n)
+    flat, weight, bias = (t.requires_grad_(True) for t in _position_inputs(b, c, n, d, torch.float64, seed=11))
+    for path in ("matmul", "chunked"):
+        fn = functools.partial(ak.position_attention_channels, d=d, path=path)
+        assert torch.autograd.gradgradcheck(fn, (flat, weight, bias))
+        # only the input needs a gradient (frozen weights): a gradient penalty on dX
+        x = flat.detach().clone().requires_grad_(True)
+        w0, b0 = weight.detach(), bias.detach()
+        (gx,) = torch.autograd.grad(fn(x, w0, b0).square().sum(), (x,), create_graph=True)
+        (hx,) = torch.autograd.grad(gx.square().sum(), (x,))
+        xr = flat.detach().clone().requires_grad_(True)
+        (gr,) = torch.autograd.grad(naive_position(xr, w0, b0, d).square().sum(), (xr,), create_graph=True)
+        (hr,) = torch.autograd.grad(gr.square().sum(), (xr,))
+        torch.testing.assert_close(hx, hr, rtol=1e-9, atol=1e-9)
+
+
 def test_position_channels_gradient_layouts_and_partial_grads(blocks_of):
     # an expanded gradient (from .sum()) is copied and reused for dX; a contiguous
     # gradient given by the caller must not be modified; only some inputs needing grads

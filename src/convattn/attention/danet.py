@@ -47,8 +47,8 @@ Memory: the position attention never holds the N x N matrix for large N; see
 :mod:`convattn.layers.attention_kernel` (``path="auto" | "matmul" | "chunked" | "sdpa"``).
 The matmul and chunked paths compute in the (B, C, N) layout of X
 (:func:`~convattn.layers.attention_kernel.position_attention_channels`): the three
-convs as one product, and X + gamma V S^T as one product seeded with X; their
-gradients are first-order only (the SDPA path, plain ops, also has higher ones).
+convs as one product, and X + gamma V S^T as one product seeded with X; a
+backward with ``create_graph=True`` (second derivatives) holds the N x N matrix.
 
 Maps recorded under :func:`convattn.capture_maps`:
 

@@ -305,6 +305,15 @@ def _position_plain(flat, weight, bias, d, residual):
     return torch.baddbmm(flat, v, s.transpose(1, 2)) if residual else torch.bmm(v, s.transpose(1, 2))
 
 
+def _plain_backward(ctx, flat, weight, bias, grad):
+    """Gradients of the plain-op forward, themselves differentiable (``create_graph=True``)."""
+    inputs = [t for t, need in zip((flat, weight, bias), ctx.needs_input_grad[:3], strict=True) if need]
+    with torch.enable_grad():
+        out = _position_plain(flat, weight, bias, ctx.d, ctx.residual)
+        grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
+    return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:3]) + (None,) * 4
+
+
 class _ChannelPositionAttention(torch.autograd.Function):
     """``[X +] V softmax(Q^T K)^T`` with [Q; K; V] = weight X + bias, in channel layout.
 
@@ -322,15 +331,18 @@ class _ChannelPositionAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat, weight, bias, d, rows, residual, keep_scores):
         out, proj, s = _position_forward(flat, weight, bias, d, rows, residual, keep_scores)
-        ctx.save_for_backward(flat, weight, proj, s)
+        ctx.save_for_backward(flat, weight, bias, proj, s)
         ctx.d, ctx.rows, ctx.residual = d, rows, residual
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
-        flat, weight, proj, s = ctx.saved_tensors
+        flat, weight, bias, proj, s = ctx.saved_tensors
         d, rows = ctx.d, ctx.rows
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, a Hessian-vector product): a
+            # differentiable backward through the plain ops (the (B, N, N) matrix again)
+            return _plain_backward(ctx, flat, weight, bias, grad)
         B, C, N = flat.shape
         # a gradient we copy (e.g. the expanded one of a .sum()) is ours to reuse for dX
         own = not grad.is_contiguous()
@@ -403,7 +415,8 @@ def position_attention_channels(
     gradients of Q, K and V into one tensor. ``path`` is ``"matmul"`` (the full
     (B, N, N) softmax, kept for the backward) or ``"chunked"`` (blocks of query
     positions as in :func:`attention_chunked`, recomputed in the backward: linear
-    memory). Gradients are first-order only.
+    memory). A backward with ``create_graph=True`` (second derivatives) runs
+    through plain differentiable ops instead and holds the (B, N, N) matrix.
 
     While tracing, scripting or compiling, either path runs the matmul path's
     products as plain differentiable ops (the same kernels, so a traced module
