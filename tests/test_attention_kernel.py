@@ -1,4 +1,5 @@
-"""The shared attention kernel: paths agree, explicit scale, padding, the chunked path, chunked maps."""
+"""The shared attention kernel: paths agree, explicit scale, padding, the chunked path, chunked maps, and
+the channel-layout position attention of pam/danet/pam_gate (both paths, gradients, second derivatives, dtypes)."""
 
 from __future__ import annotations
 
