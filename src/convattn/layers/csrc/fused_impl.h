@@ -55,12 +55,11 @@ int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict ou
     if (nfull > 0) {
         #pragma omp parallel num_threads(nth) reduction(|:failed)
         {
-            T *ws = (T *)malloc((size_t)nws * sizeof(T));
+            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
             if (!ws) failed = 1;
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < nfull; b++)
                 if (ws) NAME(gate_eval_sample)(x + b * per, a, out + b * per, ws);
-            free(ws);
         }
     }
     int64_t rest = B - nfull;
@@ -116,6 +115,11 @@ int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict ou
  * columns compute values nobody reads). */
 #define CB VL
 static inline int64_t NAME(rup)(int64_t v) { return (v + CB - 1) / CB * CB; }
+
+/* sigmoid of n values in place; compute-bound (one exp each): full vector width */
+WIDE static void NAME(sigmoid_inplace)(T *restrict g, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = (T)1 / ((T)1 + EXP(-g[i]));
+}
 
 static void NAME(coord_gates_sample)(const T *restrict z, int64_t C, int64_t Hp, int64_t Wp, int64_t m,
                                      const T *restrict w1t, const T *restrict fsc, const T *restrict fsh,
@@ -179,7 +183,7 @@ static void NAME(coord_gates_sample)(const T *restrict z, int64_t C, int64_t Hp,
                 for (int64_t cc = 0; cc < nc; cc++) NAME(vstore)(g + (c0 + cc) * n + l0, acc[cc]);
             }
         }
-        for (int64_t i = 0; i < C * n; i++) g[i] = (T)1 / ((T)1 + EXP(-g[i])); /* one long vector loop */
+        NAME(sigmoid_inplace)(g, C * n); /* pad columns included: one long vector loop */
     }
 }
 
@@ -225,7 +229,7 @@ int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64
     if (nfull > 0) {
         #pragma omp parallel num_threads(nth) reduction(|:failed)
         {
-            T *ws = (T *)malloc((size_t)nws * sizeof(T));
+            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
             if (!ws) failed = 1;
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < nfull; b++) {
@@ -235,7 +239,6 @@ int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64
                 NAME(coord_gates_sample)(z, C, Hp, Wp, m, w1t, fsc, fsh, wh, bh, ww, bw, f, gh, gw);
                 NAME(coord_scale_sample)(x + b * per, gh, gw, C, H, W, Hp, Wp, out + b * per);
             }
-            free(ws);
         }
     }
     int64_t rest = B - nfull;
@@ -310,12 +313,11 @@ int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int
     if (nfull > 0) {
         #pragma omp parallel num_threads(nth) reduction(|:failed)
         {
-            T *ws = (T *)malloc((size_t)nws * sizeof(T));
+            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
             if (!ws) failed = 1;
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < nfull; b++)
                 if (ws) NAME(triplet_sample)(x + b * per, C, H, W, k, w_cw, w_hc, w_hw, aff, kk, out + b * per, ws);
-            free(ws);
         }
     }
     int64_t rest = B - nfull;
@@ -334,7 +336,7 @@ int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int
     #pragma omp parallel for num_threads(nth) schedule(static) reduction(|:failed)
     for (int64_t t = 0; t < rest * nconv; t++) {
         int64_t b = t / nconv, which = t % nconv;
-        T *ws = (T *)malloc((size_t)NAME(triplet_ws)(C, H, W, k) * sizeof(T));
+        T *ws = (T *)thread_scratch((size_t)NAME(triplet_ws)(C, H, W, k) * sizeof(T));
         if (!ws) { failed = 1; continue; }
         if (which == 0)
             NAME(conv2d_sample)(mh + b * C * W, ah + b * C * W, C, W, w_cw, k, (T)aff[0], (T)aff[1], 1, acw + b * C * W, ws);
@@ -342,7 +344,6 @@ int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int
             NAME(conv2d_sample)(mw + b * C * H, aw + b * C * H, C, H, w_hc, k, (T)aff[2], (T)aff[3], 1, ahc + b * C * H, ws);
         else
             NAME(conv2d_sample)(px + b * H * W, pm + b * H * W, H, W, w_hw, k, (T)aff[4], (T)aff[5], 1, ahw + b * H * W, ws);
-        free(ws);
     }
     if (!failed) NAME(triplet_scale)(xr, acw, ahc, w_hw ? ahw : NULL, rest, C, H, W, kk, out + nfull * per, nth);
     free(buf);

@@ -25,6 +25,24 @@
 
 static inline int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* A per-thread scratch buffer of at least `bytes` bytes, kept between calls (the
+ * per-sample workspaces are often just above malloc's mmap threshold, where every
+ * malloc/free pair is an mmap, munmap and fresh page faults: tens of microseconds
+ * per call). Only leaf workspaces use it: a caller never holds it across a call
+ * into another function that uses it. NULL if it cannot grow. */
+static void *thread_scratch(size_t bytes) {
+    static __thread void *buf = NULL;
+    static __thread size_t cap = 0;
+    if (bytes > cap) {
+        size_t want = bytes + bytes / 4;
+        void *p = realloc(buf, want);
+        if (!p) return NULL;
+        buf = p;
+        cap = want;
+    }
+    return buf;
+}
+
 /* compute-bound loops (exp per element) may use the full vector width */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WIDE __attribute__((target("prefer-vector-width=512")))

@@ -410,13 +410,12 @@ int NAME(conv2d_gate)(const T *restrict p0, const T *restrict p1, int64_t B, int
     int failed = 0;
     #pragma omp parallel num_threads(nth) reduction(|:failed)
     {
-        T *ws = (T *)malloc((size_t)nws * sizeof(T));
+        T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
         if (!ws) failed = 1;
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++)
             if (ws) NAME(conv2d_sample)(p0 + b * H * W, p1 ? p1 + b * H * W : NULL, H, W, w, k, scale, shift, act,
                                         out + b * H * W, ws);
-        free(ws);
     }
     return failed;
 }
@@ -438,7 +437,7 @@ int NAME(conv2d_bwd)(const T *restrict go, const T *restrict p0, const T *restri
     int failed = 0;
     #pragma omp parallel num_threads(nth) reduction(|:failed)
     {
-        T *ws = (T *)malloc((size_t)nws * sizeof(T));
+        T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
         if (!ws) failed = 1;
         T *zp = ws ? ws + NAME(conv2d_ws)(H, W, k) : NULL;
         T *gop = ws ? zp + I * Hp * Wp + 2 * pad : NULL, *dwp = ws ? gop + n : NULL;
@@ -467,7 +466,6 @@ int NAME(conv2d_bwd)(const T *restrict go, const T *restrict p0, const T *restri
             #pragma omp critical
             for (int64_t t = 0; t < I * kk; t++) dw[t] += dwp[t];
         }
-        free(ws);
     }
     free(wf);
     return failed;
@@ -523,8 +521,9 @@ static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t 
         vec acc = zero;
         for (int64_t k = 0; k < nf; k++) { vec v = NAME(vload)(q + k * VL); acc += v; cacc[k] += v; }
         if (tail) { vec v = (vec)((ivec)NAME(vload)(q + W - VL) & mask); acc += v; ctail += v; }
-        a[h] = NAME(vsum)(acc) / (T)W;
+        a[h] = NAME(vsum)(acc); /* divided below, in one vector loop */
     }
+    for (int64_t h = 0; h < H; h++) a[h] /= (T)W;
     for (int64_t k = 0; k < nf; k++) NAME(vstore)(bw + k * VL, cacc[k]);
     if (tail) for (int64_t w = W - tail; w < W; w++) bw[w] = ctail[w - (W - VL)];
     for (int64_t w = 0; w < W; w++) bw[w] /= (T)H;
@@ -640,8 +639,9 @@ static inline void NAME(triplet_pool_row)(const T *restrict p, int64_t H, int64_
             T s = NAME(vsum)(acc), m = mx[0];
             for (int64_t i = 1; i < VL; i++) m = mx[i] > m ? mx[i] : m;
             if (s != s) for (int64_t w = 0; w < W; w++) if (q[w] != q[w]) { m = q[w]; break; }
-            aw_[h] = s / (T)W; mw_[h] = m;
+            aw_[h] = s; mw_[h] = m;
         }
+        for (int64_t h = 0; h < H; h++) aw_[h] /= (T)W; /* one vector loop */
         for (int64_t k = 0; k < nf; k++) { NAME(vstore)(ah_ + k * VL, csum[k]); NAME(vstore)(mh_ + k * VL, cmax[k]); }
         if (tail) for (int64_t w = W - tail; w < W; w++) { ah_[w] = tsum[w - (W - VL)]; mh_[w] = tmax[w - (W - VL)]; }
         goto columns;
