@@ -213,7 +213,7 @@ class CoordAttention(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if fast_ok(self, x):
-            params = tuple(self.parameters())
+            params = tuple(self.parameters()) if torch.is_grad_enabled() else ()
             if wants_grad(x, params):
                 return _CoordNative.apply(x, self, *params)
             if self.bn1.training or self.bn1.running_var is None:

@@ -293,7 +293,7 @@ class TripletAttention(AttentionModule):
         return a_cw, a_hc, a_hw
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        params = tuple(self.parameters())
+        params = tuple(self.parameters()) if torch.is_grad_enabled() else ()
         gates = [g for g in (self.cw, self.hc, self.hw) if g is not None]
         if wants_grad(x, params) or any(g.bn.training for g in gates):
             return _TripletNative.apply(x, self, *params)
