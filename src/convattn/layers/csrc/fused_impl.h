@@ -46,22 +46,19 @@ static void NAME(gate_eval_sample)(const T *restrict xb, const gate_eval_args *a
         NAME(scale_row)(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S);
 }
 
+struct NAME(ge_ctx) { const T *x; const gate_eval_args *a; T *out; int64_t per; };
+static void NAME(gate_eval_task)(int64_t b, const void *p, void *ws) {
+    const struct NAME(ge_ctx) *c = p;
+    NAME(gate_eval_sample)(c->x + b * c->per, c->a, c->out + b * c->per, ws);
+}
+
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
 int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict out, int nth) {
     int64_t B = a->B, C = a->C, S = a->S, per = C * S;
     int64_t nws = 3 * C + 3 * S + (a->sp_kind == GE_SP_CONV ? NAME(conv2d_ws)(a->H, a->W, a->k2) : 0);
-    int64_t nfull = nth > 1 ? (B / nth) * nth : B;
-    int failed = 0;
-    if (nfull > 0) {
-        #pragma omp parallel num_threads(nth) reduction(|:failed)
-        {
-            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
-            if (!ws) failed = 1;
-            #pragma omp for schedule(static)
-            for (int64_t b = 0; b < nfull; b++)
-                if (ws) NAME(gate_eval_sample)(x + b * per, a, out + b * per, ws);
-        }
-    }
+    int64_t nfull = whole_samples(B, nth);
+    struct NAME(ge_ctx) ctx = {x, a, out, per};
+    int failed = run_samples(nfull, (size_t)nws * sizeof(T), NAME(gate_eval_task), &ctx, nth);
     int64_t rest = B - nfull;
     if (rest == 0 || failed) return failed;
     /* the remaining samples stage by stage, each stage over all threads */
@@ -208,6 +205,19 @@ static void NAME(coord_scale_sample)(const T *restrict xb, const T *restrict gh,
     }
 }
 
+struct NAME(coord_ctx) {
+    const T *x; T *out; int64_t C, H, W, Hp, Wp, m;
+    const T *w1t, *fsc, *fsh, *wh, *bh, *ww, *bw;
+};
+static void NAME(coord_task)(int64_t b, const void *p, void *ws) {
+    const struct NAME(coord_ctx) *c = p;
+    int64_t C = c->C, Lp = c->Hp + c->Wp, per = C * c->H * c->W;
+    T *z = ws, *f = z + C * Lp, *gh = f + c->m * Lp, *gw = gh + C * c->Hp;
+    NAME(coord_strips_sample)(c->x + b * per, C, c->H, c->W, c->Hp, c->Wp, z);
+    NAME(coord_gates_sample)(z, C, c->Hp, c->Wp, c->m, c->w1t, c->fsc, c->fsh, c->wh, c->bh, c->ww, c->bw, f, gh, gw);
+    NAME(coord_scale_sample)(c->x + b * per, gh, gw, C, c->H, c->W, c->Hp, c->Wp, c->out + b * per);
+}
+
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
 int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t m,
                      const T *restrict w1, const T *restrict b1, const T *restrict bn_w, const T *restrict bn_b,
@@ -224,23 +234,9 @@ int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64
         fsh[j] = ((b1 ? b1[j] : (T)0) - bn_mean[j]) * fsc[j] + (bn_b ? bn_b[j] : (T)0);
     }
     int64_t nws = C * Lp + m * Lp + C * Lp;
-    int64_t nfull = nth > 1 ? (B / nth) * nth : B;
-    int failed = 0;
-    if (nfull > 0) {
-        #pragma omp parallel num_threads(nth) reduction(|:failed)
-        {
-            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
-            if (!ws) failed = 1;
-            #pragma omp for schedule(static)
-            for (int64_t b = 0; b < nfull; b++) {
-                if (!ws) continue;
-                T *z = ws, *f = z + C * Lp, *gh = f + m * Lp, *gw = gh + C * Hp;
-                NAME(coord_strips_sample)(x + b * per, C, H, W, Hp, Wp, z);
-                NAME(coord_gates_sample)(z, C, Hp, Wp, m, w1t, fsc, fsh, wh, bh, ww, bw, f, gh, gw);
-                NAME(coord_scale_sample)(x + b * per, gh, gw, C, H, W, Hp, Wp, out + b * per);
-            }
-        }
-    }
+    int64_t nfull = whole_samples(B, nth);
+    struct NAME(coord_ctx) ctx = {x, out, C, H, W, Hp, Wp, m, w1t, fsc, fsh, wh, bh, ww, bw};
+    int failed = run_samples(nfull, (size_t)nws * sizeof(T), NAME(coord_task), &ctx, nth);
     int64_t rest = B - nfull;
     if (rest > 0 && !failed) {
         /* the samples left over (fewer than the threads): strips and products split over
@@ -303,23 +299,25 @@ static void NAME(triplet_sample)(const T *restrict xb, int64_t C, int64_t H, int
         NAME(triplet_scale_row)(xb + c * S, acw + c * W, ahc + c * H, w_hw ? ahw : NULL, H, W, kk, ob + c * S);
 }
 
+struct NAME(triplet_ctx) {
+    const T *x; T *out; int64_t C, H, W, k;
+    const T *w_cw, *w_hc, *w_hw; const double *aff; T kk;
+};
+static void NAME(triplet_task)(int64_t b, const void *p, void *ws) {
+    const struct NAME(triplet_ctx) *c = p;
+    int64_t per = c->C * c->H * c->W;
+    NAME(triplet_sample)(c->x + b * per, c->C, c->H, c->W, c->k, c->w_cw, c->w_hc, c->w_hw, c->aff, c->kk,
+                         c->out + b * per, ws);
+}
+
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
 int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
                        const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw, const double *aff,
                        T kk, T *restrict out, int nth) {
     int64_t per = C * H * W, nws = NAME(triplet_ws)(C, H, W, k);
-    int64_t nfull = nth > 1 ? (B / nth) * nth : B;
-    int failed = 0;
-    if (nfull > 0) {
-        #pragma omp parallel num_threads(nth) reduction(|:failed)
-        {
-            T *ws = (T *)thread_scratch((size_t)nws * sizeof(T));
-            if (!ws) failed = 1;
-            #pragma omp for schedule(static)
-            for (int64_t b = 0; b < nfull; b++)
-                if (ws) NAME(triplet_sample)(x + b * per, C, H, W, k, w_cw, w_hc, w_hw, aff, kk, out + b * per, ws);
-        }
-    }
+    int64_t nfull = whole_samples(B, nth);
+    struct NAME(triplet_ctx) ctx = {x, out, C, H, W, k, w_cw, w_hc, w_hw, aff, kk};
+    int failed = run_samples(nfull, (size_t)nws * sizeof(T), NAME(triplet_task), &ctx, nth);
     int64_t rest = B - nfull;
     if (rest == 0 || failed) return failed;
     /* the samples left over (fewer than the threads): the pools and the product split

@@ -96,6 +96,29 @@ static inline float exp2neg_f32(float t) {
     return p * scale;
 }
 
+/* The whole-sample driver of the eval kernels (fused_impl.h): with nth threads,
+ * the first whole_samples(B, nth) samples go one sample per task, each thread
+ * running fn(b, ctx, ws) with its scratch buffer of ws_bytes; the caller runs the
+ * samples left over (fewer than the threads) stage by stage over all threads.
+ * Returns 1 if a scratch buffer could not be allocated, else 0. */
+static int64_t whole_samples(int64_t B, int nth) { return nth > 1 ? (B / nth) * nth : B; }
+
+typedef void (*sample_fn)(int64_t b, const void *ctx, void *ws);
+
+static int run_samples(int64_t nfull, size_t ws_bytes, sample_fn fn, const void *ctx, int nth) {
+    int failed = 0;
+    if (nfull <= 0) return 0;
+    #pragma omp parallel num_threads(nth) reduction(|:failed)
+    {
+        void *ws = thread_scratch(ws_bytes);
+        if (!ws) failed = 1;
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < nfull; b++)
+            if (ws) fn(b, ctx, ws);
+    }
+    return failed;
+}
+
 /* gate_eval's description of a module (see fused_impl.h); every field 8 bytes,
  * mirrored by convattn.layers.native.GateEvalArgs. Pointers are to the element type. */
 enum { GE_NONE = 0, GE_MLP = 1, GE_MLP_MAX = 2, GE_CONV1D = 3 };  /* ch_kind */
