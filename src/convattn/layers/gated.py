@@ -278,8 +278,9 @@ class _ConvPlanes(torch.autograd.Function):
 def conv_1out(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """``F.conv2d(z, weight, padding=k // 2)`` for a 2-D conv with one output channel and
     I = 1 or 2 inputs (CBAM's and triplet attention's gates), differentiable, on the
-    native kernels (about 10x faster than oneDNN's backward for this shape); None when
-    they do not apply (then call the conv as usual). z (B, I, H, W) -> (B, 1, H, W).
+    native kernels (1 thread, planes 8 x 2 x 256 x 28: forward 0.23 ms, backward 0.77 ms,
+    against 0.80 and 3.0 ms for oneDNN's row-conv rewrite); None when they do not apply
+    (then call the conv as usual). z (B, I, H, W) -> (B, 1, H, W).
     """
     if z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype:
         return None
