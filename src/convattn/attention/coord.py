@@ -33,7 +33,8 @@ per-element gate (a summary for display; the real gate is per channel).
 Speed: on contiguous float32/float64 CPU tensors the native kernels of
 :mod:`convattn.layers.native` do the strip pooling, the product and the
 backward in one pass each (``_CoordNative``); in eval without autograd the whole
-module, gate network included, is one kernel call (``native.coord_eval``). Otherwise: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
+module, gate network included, is one kernel call (``native.coord_eval``).
+Otherwise: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
 autograd two small custom functions replace the generic graph: the strip
 pooling's backward writes dX in one pass, and the gate application keeps only X
 and computes dg^h, dg^w as batched matrix products over g X. While tracing,

@@ -70,22 +70,6 @@ class ZPoolGate(nn.Module):
         v = conv_1out(z, self.conv.weight)  # native kernels when they apply
         return torch.sigmoid(self.bn(conv_2to1(z, self.conv.weight) if v is None else v))
 
-    def forward_native(self, zmax: torch.Tensor, zmean: torch.Tensor, transposed: bool = False) -> torch.Tensor:
-        """The same map from the pooled planes (B, P, Q) each, in one native kernel; no autograd.
-
-        Eval BN is folded into the conv. ``transposed=True`` takes (B, Q, P) planes
-        and returns the map transposed, (B, Q, P): a conv over the transposed plane
-        is the transposed conv with the transposed kernel.
-        """
-        bn = self.bn
-        if bn.training or bn.running_var is None:
-            z = torch.stack((zmax, zmean), 1)
-            if transposed:
-                return self(z.transpose(2, 3)).squeeze(1).transpose(1, 2)
-            return self(z).squeeze(1)
-        w = self.conv.weight.mT if transposed else self.conv.weight
-        return native.conv2d_gate(zmax, zmean, w, *native.bn_affine(bn))
-
 
 def conv_2to1(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv2d(z, weight, padding=k // 2)`` for one output channel, computed faster.
@@ -295,20 +279,12 @@ class TripletAttention(AttentionModule):
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         params = tuple(self.parameters()) if torch.is_grad_enabled() else ()
         gates = [g for g in (self.cw, self.hc, self.hw) if g is not None]
-        if wants_grad(x, params) or any(g.bn.training for g in gates):
+        # BN from batch statistics (training, or no running statistics): the autograd
+        # function runs the gate modules themselves (it also serves the no-grad case)
+        if wants_grad(x, params) or any(g.bn.training or g.bn.running_var is None for g in gates):
             return _TripletNative.apply(x, self, *params)
-        if all(g.bn.running_var is not None for g in gates):
-            folded = [(g.conv.weight, *native.bn_affine(g.bn)) for g in gates]
-            return native.triplet_eval(x, (folded[0], folded[1], folded[2] if self.hw is not None else None))
-        B, C, H, W = x.shape
-        mh, ah, mw, aw = native.triplet_pool(x)[:4]
-        a_cw = self.cw.forward_native(mh, ah)  # (B, C, W), plane (C, W)
-        a_hc_t = self.hc.forward_native(mw, aw, transposed=True)  # (B, C, H): plane (H, C) transposed
-        a_hw = None
-        if self.hw is not None:
-            mean_c, max_c = native.pool_channel(x)[:2]
-            a_hw = self.hw.forward_native(max_c.view(B, H, W), mean_c.view(B, H, W))
-        return native.triplet_scale(x, a_cw, a_hc_t, a_hw, 1.0 / len(gates))
+        folded = [(g.conv.weight, *native.bn_affine(g.bn)) for g in gates]
+        return native.triplet_eval(x, (folded[0], folded[1], folded[2] if self.hw is not None else None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

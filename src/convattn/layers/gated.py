@@ -264,7 +264,7 @@ class _ConvPlanes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p0, p1, weight):  # type: ignore[override]
         ctx.save_for_backward(p0, weight, *(() if p1 is None else (p1,)))
-        return native.conv2d_planes(p0, p1, weight)
+        return native.conv2d_gate(p0, p1, weight, sigmoid=False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -410,39 +410,34 @@ def conv1d_sigmoid(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def conv2d_gate(
-    p0: torch.Tensor, p1: torch.Tensor | None, weight: torch.Tensor, scale: float, shift: float
+    p0: torch.Tensor,
+    p1: torch.Tensor | None,
+    weight: torch.Tensor,
+    scale: float = 1.0,
+    shift: float = 0.0,
+    sigmoid: bool = True,
 ) -> torch.Tensor:
-    """``sigmoid(scale * conv2d([p0; p1], weight, padding=k // 2) + shift)[:, 0]``.
+    """``sigmoid(scale * conv2d([p0; p1], weight, padding=k // 2) + shift)[:, 0]``
+    (``sigmoid=False``: without the sigmoid, the raw conv by default).
 
     p0, p1: the input planes, (B, H, W) each (p1 may be None: one input plane);
-    weight (1, I, k, k), one output channel, stride 1, odd k; eval only. Returns (B, H, W).
+    weight (1, I, k, k), one output channel, stride 1, odd k; no autograd (see
+    ``gated.conv_1out``). Returns (B, H, W).
     """
     B, H, W = p0.shape
     k = weight.shape[-1]
     p0, p1, weight = _small(p0, p0.dtype), _small(p1, p0.dtype), _small(weight, p0.dtype)
     out = p0.new_empty((B, H, W))
     _check(_fn("conv2d_gate", p0.dtype)(
-        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, 1, out.data_ptr(), _threads()
-    ), "conv2d_gate")
-    return out
-
-
-def conv2d_planes(p0: torch.Tensor, p1: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-    """``conv2d([p0; p1], weight, padding=k // 2)[:, 0]``: planes (B, H, W) each (p1 may be
-    None), weight (1, I, k, k), odd k, one output channel; (B, H, W). No autograd."""
-    B, H, W = p0.shape
-    k = weight.shape[-1]
-    weight = _small(weight, p0.dtype)
-    out = p0.new_empty((B, H, W))
-    _check(_fn("conv2d_gate", p0.dtype)(
-        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, 1.0, 0.0, 0, out.data_ptr(), _threads()
+        p0.data_ptr(), _ptr(p1), B, H, W, weight.data_ptr(), k, scale, shift, int(sigmoid), out.data_ptr(),
+        _threads(),
     ), "conv2d_gate")
     return out
 
 
 def conv2d_planes_backward(g, p0, p1, weight, want_p0: bool = True, want_p1: bool = True, want_w: bool = True):
-    """(dL/dp0, dL/dp1, dL/dweight) of :func:`conv2d_planes` given dL/dout = g (B, H, W);
-    unwanted ones are None."""
+    """(dL/dp0, dL/dp1, dL/dweight) of the raw conv (:func:`conv2d_gate` with
+    ``sigmoid=False``, scale 1, shift 0) given dL/dout = g (B, H, W); unwanted ones are None."""
     B, H, W = p0.shape
     k = weight.shape[-1]
     g = g.contiguous()
@@ -670,7 +665,7 @@ def coord_eval(x: torch.Tensor, conv1, bn, conv_h, conv_w) -> torch.Tensor:
     return out
 
 
-def triplet_eval(x: torch.Tensor, gates, transposed_hc: bool = True) -> torch.Tensor:
+def triplet_eval(x: torch.Tensor, gates) -> torch.Tensor:
     """Triplet attention in eval, one kernel call (no autograd).
 
     ``gates``: ((w, scale, shift) for the (C, W) branch, the (C, H) branch and the
@@ -683,7 +678,7 @@ def triplet_eval(x: torch.Tensor, gates, transposed_hc: bool = True) -> torch.Te
     (w_cw, s0, t0), (w_hc, s1, t1), hw = gates
     k = w_cw.shape[-1]
     w_cw = _small(w_cw, dt)
-    w_hc = _small(w_hc.mT if transposed_hc else w_hc, dt)
+    w_hc = _small(w_hc.mT, dt)  # the kernel over the transposed (C, H) plane
     w_hw = None if hw is None else _small(hw[0], dt)
     aff = (ctypes.c_double * 6)(s0, t0, s1, t1, *((hw[1], hw[2]) if hw is not None else (0.0, 0.0)))
     out = torch.empty_like(x)
