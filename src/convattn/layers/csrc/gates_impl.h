@@ -2,44 +2,86 @@
  * T (the element type), EXP (its exp function) and NAME(f) (f + type suffix)
  * defined. See gates.c for the conventions. */
 
-/* Sums with 32 independent partial sums (four 8-float registers): a single
- * vector accumulator is bound by the add latency, not by memory. */
-static inline T NAME(sum_impl)(const T *restrict p, int64_t n) {
-    T acc[32];
-    for (int j = 0; j < 32; j++) acc[j] = 0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 32; j++) acc[j] += p[i + j];
-    T s = 0;
-    for (; i < n; i++) s += p[i];
-    for (int j = 0; j < 32; j++) s += acc[j];
-    return s;
+/* Explicit vectors of VL values (GCC/Clang vector extensions), used by the row
+ * reductions below and by the short-row kernels (coord, triplet). */
+#define VL ((int64_t)(VBYTES / sizeof(T)))
+#define MAXV 16 /* rows up to MAXV * VL values take the vector path */
+typedef T NAME(vec) __attribute__((vector_size(VBYTES)));
+typedef IT NAME(ivec) __attribute__((vector_size(VBYTES)));
+#define vec NAME(vec)
+#define ivec NAME(ivec)
+
+static inline vec NAME(vload)(const T *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+static inline void NAME(vstore)(T *p, vec v) { memcpy(p, &v, sizeof v); }
+static inline T NAME(vsum)(vec v) { T s = 0; for (int64_t i = 0; i < VL; i++) s += v[i]; return s; }
+/* lane-wise a > b ? a : b (b where either is NaN) */
+static inline vec NAME(vmax)(vec a, vec b) { ivec gt = a > b; return (vec)(((ivec)a & gt) | ((ivec)b & ~gt)); }
+/* lanes >= VL - tail kept, the others zeroed (bitwise: inf and NaN stay intact) */
+static inline ivec NAME(tail_mask)(int64_t tail) {
+    ivec m;
+    for (int64_t i = 0; i < VL; i++) m[i] = i >= VL - tail ? (IT)-1 : 0;
+    return m;
 }
 
-/* sum and max together (max ignores NaN: the callers check the sum) */
-static inline void NAME(sum_max_impl)(const T *restrict p, int64_t n, T *sum, T *max) {
-    T acc[32], mx[32];
-    for (int j = 0; j < 32; j++) { acc[j] = 0; mx[j] = p[0]; }
+/* Row reductions with four vector accumulators (4 VL independent partial sums: a
+ * single accumulator is bound by the add latency, not by memory), then single
+ * vectors, then the last VL values loaded at n - VL with the lanes already counted
+ * masked off: no scalar remainder unless n < VL (a 28 x 28 map has 784 = 24 x 32
+ * + 16 values; its 16-value scalar tail took about as long as the 24 blocks). */
+static inline T NAME(sum_impl)(const T *restrict p, int64_t n) {
+    if (n < VL) { T s = 0; for (int64_t i = 0; i < n; i++) s += p[i]; return s; }
+    vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 32; j++) { T v = p[i + j]; acc[j] += v; mx[j] = v > mx[j] ? v : mx[j]; }
-    T s = 0, m = p[0];
-    for (; i < n; i++) { s += p[i]; m = p[i] > m ? p[i] : m; }
-    for (int j = 0; j < 32; j++) { s += acc[j]; m = mx[j] > m ? mx[j] : m; }
-    *sum = s; *max = m;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        a0 += NAME(vload)(p + i); a1 += NAME(vload)(p + i + VL);
+        a2 += NAME(vload)(p + i + 2 * VL); a3 += NAME(vload)(p + i + 3 * VL);
+    }
+    for (; i + VL <= n; i += VL) a0 += NAME(vload)(p + i);
+    if (i < n) a1 += (vec)((ivec)NAME(vload)(p + n - VL) & NAME(tail_mask)(n - i));
+    return NAME(vsum)((a0 + a1) + (a2 + a3));
+}
+
+/* sum and max together (max ignores NaN: the callers check the sum). The max
+ * takes the last VL values unmasked: values counted twice do not change it. */
+static inline void NAME(sum_max_impl)(const T *restrict p, int64_t n, T *sum, T *max) {
+    if (n < VL) {
+        T s = 0, m = p[0];
+        for (int64_t i = 0; i < n; i++) { s += p[i]; m = p[i] > m ? p[i] : m; }
+        *sum = s; *max = m; return;
+    }
+    vec a0 = {0}, a1 = {0}, m0 = NAME(vload)(p), m1 = m0;
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        vec v0 = NAME(vload)(p + i), v1 = NAME(vload)(p + i + VL);
+        a0 += v0; a1 += v1;
+        m0 = NAME(vmax)(v0, m0); m1 = NAME(vmax)(v1, m1);
+    }
+    for (; i + VL <= n; i += VL) { vec v = NAME(vload)(p + i); a0 += v; m0 = NAME(vmax)(v, m0); }
+    if (i < n) {
+        vec v = NAME(vload)(p + n - VL);
+        a1 += (vec)((ivec)v & NAME(tail_mask)(n - i));
+        m1 = NAME(vmax)(v, m1);
+    }
+    m0 = NAME(vmax)(m1, m0);
+    T m = m0[0];
+    for (int64_t j = 1; j < VL; j++) m = m0[j] > m ? m0[j] : m;
+    *sum = NAME(vsum)(a0 + a1); *max = m;
 }
 
 /* sum of (p - mu)^2 */
 static inline T NAME(sqdev_impl)(const T *restrict p, int64_t n, T mu) {
-    T acc[32];
-    for (int j = 0; j < 32; j++) acc[j] = 0;
+    if (n < VL) { T s = 0; for (int64_t i = 0; i < n; i++) { T d = p[i] - mu; s += d * d; } return s; }
+    vec a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, d;
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 32; j++) { T d = p[i + j] - mu; acc[j] += d * d; }
-    T s = 0;
-    for (; i < n; i++) { T d = p[i] - mu; s += d * d; }
-    for (int j = 0; j < 32; j++) s += acc[j];
-    return s;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        d = NAME(vload)(p + i) - mu; a0 += d * d;
+        d = NAME(vload)(p + i + VL) - mu; a1 += d * d;
+        d = NAME(vload)(p + i + 2 * VL) - mu; a2 += d * d;
+        d = NAME(vload)(p + i + 3 * VL) - mu; a3 += d * d;
+    }
+    for (; i + VL <= n; i += VL) { d = NAME(vload)(p + i) - mu; a0 += d * d; }
+    if (i < n) { d = NAME(vload)(p + n - VL) - mu; d = (vec)((ivec)d & NAME(tail_mask)(n - i)); a1 += d * d; }
+    return NAME(vsum)((a0 + a1) + (a2 + a3));
 }
 
 /* max of n values, NaN ignored (the callers check for NaN through the sum). */
@@ -253,9 +295,13 @@ WIDE void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T
         T a = (T)1 / ((T)4 * (q / (T)(S - 1) + lam));
         /* exp(-e) = 2^(-e log2 e), e = a d^2 + 1/2 >= 1/2 */
         T al = a * (T)1.4426950408889634, bl = (T)0.5 * (T)1.4426950408889634;
+#ifdef SIMAM_APPLY
+        SIMAM_APPLY(p, o, S, mu, al, bl);
+#else
         for (int64_t i = 0; i < S; i++) {
             T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP2NEG(-(al * d * d + bl)));
         }
+#endif
         if (aout) aout[r] = a;
     }
 }
@@ -482,22 +528,6 @@ int NAME(conv2d_bwd)(const T *restrict go, const T *restrict p0, const T *restri
  * W - VL with its already-counted lanes masked off (no scalar remainder loop).
  * The column sums of the full vectors live in a small array (same addresses every
  * row) and those of the masked tail in a register. */
-#define VL ((int64_t)(VBYTES / sizeof(T)))
-#define MAXV 16 /* rows up to MAXV * VL values take the vector path */
-typedef T NAME(vec) __attribute__((vector_size(VBYTES)));
-typedef IT NAME(ivec) __attribute__((vector_size(VBYTES)));
-#define vec NAME(vec)
-#define ivec NAME(ivec)
-
-static inline vec NAME(vload)(const T *p) { vec v; memcpy(&v, p, sizeof v); return v; }
-static inline void NAME(vstore)(T *p, vec v) { memcpy(p, &v, sizeof v); }
-static inline T NAME(vsum)(vec v) { T s = 0; for (int64_t i = 0; i < VL; i++) s += v[i]; return s; }
-/* lanes >= VL - tail kept, the others zeroed (bitwise: inf and NaN stay intact) */
-static inline ivec NAME(tail_mask)(int64_t tail) {
-    ivec m;
-    for (int64_t i = 0; i < VL; i++) m[i] = i >= VL - tail ? (IT)-1 : 0;
-    return m;
-}
 
 static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t W, T *restrict a,
                                         T *restrict bw) {
