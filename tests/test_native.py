@@ -282,6 +282,29 @@ def test_kernels_against_torch():
     torch.testing.assert_close(simam_y, ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("S", [2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 48, 196, 784])
+def test_simam_rows_every_length_against_float64(S):
+    """SimAM's float row kernel (the AVX-512 table path where the CPU has it, with a
+    masked last vector) against the equation in float64: every tail length, wide
+    dynamic range, outliers far below 2^-126 in the sigmoid's exp, inf and NaN.
+    (S = 1 never reaches the kernel: the module handles it, see test_simam.py.)"""
+    g = torch.Generator().manual_seed(S)
+    x = torch.randn(6, 5, S, generator=g) * torch.tensor([1e-3, 1.0, 30.0, 1e3, 1.0]).view(1, 5, 1)
+    x[1, 1, 0] = 500.0  # an outlier: a d^2 far beyond the exp's range for the rest of the row
+    x[2, 2, -1] = float("nan")
+    x[3, 3, S // 2] = float("inf")
+    y, a = native.simam_forward(x, 1e-4, want_a=True)
+    xd = x.double()
+    mu = xd.mean(2, keepdim=True)
+    d2 = (xd - mu) ** 2
+    ad = 1 / (4 * (d2.sum(2, keepdim=True) / (S - 1) + 1e-4))
+    ref = (xd * torch.sigmoid(ad * d2 + 0.5)).float()
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-30, equal_nan=True)
+    assert torch.isnan(y[2, 2]).all() and torch.isnan(y[3, 3]).all()
+    finite = torch.isfinite(ad.squeeze(2))
+    torch.testing.assert_close(a[finite], ad.squeeze(2)[finite].float(), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("W", [3, 4, 7, 8, 12, 28, 56, 130])
 def test_short_row_pools_every_width(W, dtype):
