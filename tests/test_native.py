@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convattn
-from convattn.layers import native
+from convattn.layers import native, plans
 from convattn.layers.gated import scatter_max_grad
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
@@ -154,8 +154,8 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
     left over stage by stage, positions in several chunks; float64, the plain path's values."""
     called = []
     kernel = {"coord": "coord_eval", "triplet": "triplet_eval"}.get(key, "gate_eval")
-    real = getattr(native, kernel)
-    monkeypatch.setattr(native, kernel, lambda *a, **k: called.append(1) or real(*a, **k))
+    real = plans.run
+    monkeypatch.setattr(plans, "run", lambda plan, x: called.append(plan.kernel) or real(plan, x))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -164,7 +164,7 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
             _compare(key, opts, x, torch.float64, train=False, atol=1e-12)
     finally:
         torch.set_num_threads(before)
-    assert called, f"2-D eval without autograd runs in {kernel}"
+    assert called and set(called) == {kernel}, f"2-D eval without autograd runs in {kernel}: {called}"
 
 
 @pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
@@ -191,17 +191,18 @@ class _Calls:
 
     def __init__(self, monkeypatch):
         self.n = 0
-        for name in (
-            "pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool", "triplet_pool", "gate_eval",
-            "coord_eval", "triplet_eval",
+        for owner, name in (
+            *[(native, n) for n in ("pool_spatial", "pool_channel", "scale", "simam_forward", "coord_pool",
+                                    "triplet_pool")],
+            (plans, "run"),
         ):
-            fn = getattr(native, name)
+            fn = getattr(owner, name)
 
             def wrapped(*a, _fn=fn, **k):
                 self.n += 1
                 return _fn(*a, **k)
 
-            monkeypatch.setattr(native, name, wrapped)
+            monkeypatch.setattr(owner, name, wrapped)
 
 
 @pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "simam", "coord", "triplet"])

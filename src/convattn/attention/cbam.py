@@ -61,6 +61,7 @@ from ..layers import (
     conv_nd,
     hidden_channels,
     native,
+    plans,
     unsqueeze_spatial,
 )
 from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
@@ -125,6 +126,9 @@ class CBAMChannel(AttentionModule):
     def mlp_params(self) -> tuple[torch.Tensor, ...]:
         return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
+    def _plan(self, dtype: torch.dtype) -> plans.Plan:
+        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2), mlp_max=True)
+
     def gate_native(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
         """M_c from the pooled vectors in the kernel library (no autograd)."""
         return native.mlp2_sigmoid(avg, mx, *self.mlp_params())
@@ -132,10 +136,11 @@ class CBAMChannel(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if fast_ok(self, x):
-            params = self.mlp_params()
-            if wants_grad(x, params):
-                return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
-            return native.gate_eval(x, mlp=params, mlp_max=True)
+            if torch.is_grad_enabled():
+                params = self.mlp_params()
+                if wants_grad(x, params):
+                    return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
+            return plans.run(plans.eval_plan(self, x, self._plan), x)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
@@ -222,26 +227,25 @@ class CBAMSpatial(AttentionModule):
     def gate_params(self) -> tuple[torch.Tensor, ...]:
         return tuple(p for p in (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias) if p is not None)
 
-    def native_conv(self, x: torch.Tensor) -> tuple | None:
-        """``spatial_conv`` of :func:`convattn.layers.native.gate_eval` for ``x``: the 2-D
-        gate in eval with BN (and a conv bias) folded into scale and shift; None otherwise."""
-        bn = self.bn
-        if x.dim() != 4 or bn.training or bn.running_var is None:
-            return None
-        scale, shift = native.bn_affine(bn)
-        if self.conv.bias is not None:
-            shift += float(self.conv.bias.item()) * scale
-        return (self.conv.weight, scale, shift, self.pool_order == "max_mean")
+    def native_conv(self) -> tuple:
+        """``spatial_conv`` of :func:`convattn.layers.plans.gate_plan`: the 2-D gate in eval."""
+        return (self.conv, self.bn, self.pool_order == "max_mean")
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
+        return plans.gate_plan(dtype, spatial_conv=self.native_conv())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if fast_ok(self, x):
-            params = self.gate_params()
-            if wants_grad(x, params) or self.bn.training:
+            params = self.gate_params() if torch.is_grad_enabled() else ()
+            if wants_grad(x, params):
                 return gated(x, GateSpec(spatial=self.gate_from_pools), params)
-            conv = self.native_conv(x)
-            if conv is not None:
-                return native.gate_eval(x, spatial_conv=conv)
+            if x.dim() == 4:  # one kernel call unless BN is in training
+                plan = plans.eval_plan(self, x, self._plan, self.pool_order)
+                if plan is not None:
+                    return plans.run(plan, x)
+            if self.bn.training:
+                return gated(x, GateSpec(spatial=self.gate_from_pools), params)
             B = x.shape[0]
             mean, mx = native.pool_channel(x)[:2]
             gs = self.gate_from_pools(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
@@ -322,20 +326,26 @@ class CBAM(AttentionModule):
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         ch, sp = self.channel, self.spatial
         params = ch.mlp_params() + sp.gate_params() if torch.is_grad_enabled() else ()
+        if not wants_grad(x, params) and x.dim() == 4:  # one kernel call unless BN is in training
+            plan = plans.eval_plan(self, x, self._plan, sp.pool_order)
+            if plan is not None:
+                return plans.run(plan, x)
         if wants_grad(x, params) or sp.bn.training:
             spec = GateSpec(
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
             )
             return gated(x, spec, params)
-        conv = sp.native_conv(x)
-        if conv is not None:
-            return native.gate_eval(x, mlp=ch.mlp_params(), mlp_max=True, spatial_conv=conv, sequential=True)
         B = x.shape[0]
         avg, mx = native.pool_spatial(x, want_max=True)[:2]
         mc = ch.gate_native(avg, mx)
         mean, mxc = native.pool_channel(x, mc)[:2]
         ms = sp.gate_from_pools(mxc.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
         return native.scale(x, mc, ms)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
+        ch = self.channel
+        return plans.gate_plan(dtype, mlp=(ch.fc1, ch.fc2), mlp_max=True, spatial_conv=self.spatial.native_conv(),
+                               sequential=True)
 
     def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         mc = self.channel.gate(x)

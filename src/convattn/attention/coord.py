@@ -33,7 +33,7 @@ per-element gate (a summary for display; the real gate is per channel).
 Speed: on contiguous float32/float64 CPU tensors the native kernels of
 :mod:`convattn.layers.native` do the strip pooling, the product and the
 backward in one pass each (``_CoordNative``); in eval without autograd the whole
-module, gate network included, is one kernel call (``native.coord_eval``).
+module, gate network included, is one kernel call (:func:`convattn.layers.plans.coord_plan`).
 Otherwise: without autograd Y is formed in one new buffer ((X * g^h) *= g^w). With
 autograd two small custom functions replace the generic graph: the strip
 pooling's backward writes dX in one pass, and the gate application keeps only X
@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels, native
+from ..layers import AttentionModule, hidden_channels, native, plans
 from ..layers.gated import fast_ok, wants_grad
 from ..registry import register
 
@@ -217,10 +217,11 @@ class CoordAttention(AttentionModule):
             params = tuple(self.parameters()) if torch.is_grad_enabled() else ()
             if wants_grad(x, params):
                 return _CoordNative.apply(x, self, *params)
-            if self.bn1.training or self.bn1.running_var is None:
-                g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
-                return native.coord_scale(x, g_h, g_w)
-            return native.coord_eval(x, self.conv1, self.bn1, self.conv_h, self.conv_w)
+            plan = plans.eval_plan(self, x, self._plan)
+            if plan is not None:  # BN in eval: one kernel call
+                return plans.run(plan, x)
+            g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
+            return native.coord_scale(x, g_h, g_w)
         g_h, g_w = self.gates(x)
         if self._map_sink is not None:
             self.record("height", g_h.squeeze(3))
@@ -232,6 +233,9 @@ class CoordAttention(AttentionModule):
                 return x * g_h * g_w
             return _CoordApply.apply(x, g_h, g_w)
         return torch.mul(x, g_h).mul_(g_w)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
+        return plans.coord_plan(dtype, self.conv1, self.bn1, self.conv_h, self.conv_w)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.conv1.out_channels}"

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, native, spatial_mean, unsqueeze_spatial
+from ..layers import AttentionModule, plans, spatial_mean, unsqueeze_spatial
 from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
@@ -121,13 +121,17 @@ class ECA(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if fast_ok(self, x):
-            params = (self.conv.weight,)
-            if wants_grad(x, params):
-                return gated(x, GateSpec(channel=self.gate_from_mean), params)
-            return native.gate_eval(x, conv1d=self.conv.weight.view(-1))
+            if torch.is_grad_enabled():
+                params = (self.conv.weight,)
+                if wants_grad(x, params):
+                    return gated(x, GateSpec(channel=self.gate_from_mean), params)
+            return plans.run(plans.eval_plan(self, x, self._plan), x)
         w = self.gate(x)
         self.record("channel", w)
         return x * unsqueeze_spatial(w, x.dim() - 2)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan:
+        return plans.gate_plan(dtype, conv1d=self.conv)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kernel_size={self.kernel_size}"

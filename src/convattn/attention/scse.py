@@ -37,7 +37,7 @@ Speed: on contiguous float32/float64 CPU tensors both modules run on the native
 kernels of :mod:`convattn.layers.native` (GAP, the sSE logits and the merged
 product are one pass each; in training one autograd function, see
 :mod:`convattn.layers.gated`, with the same tie rule as below; in eval without
-autograd one kernel call, ``native.gate_eval``). Otherwise:
+autograd one kernel call, :func:`convattn.layers.plans.gate_plan`). Otherwise:
 the sSE logits are one batched matrix product (one read of X); the merge
 is one custom autograd function whose backward keeps only X and the two small
 gates. At a tie of the max (X = 0 or s = q) it takes the cSE branch's
@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels, native
+from ..layers import AttentionModule, hidden_channels, plans
 from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
@@ -142,14 +142,18 @@ class SSE(AttentionModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         if fast_ok(self, x):
-            params = (self.proj.weight, self.proj.bias)
-            if wants_grad(x, params):
-                spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
-                return gated(x, spec, params)
-            return native.gate_eval(x, linear=(self.proj.weight.view(-1), float(self.proj.bias.item())))
+            if torch.is_grad_enabled():
+                params = (self.proj.weight, self.proj.bias)
+                if wants_grad(x, params):
+                    spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
+                    return gated(x, spec, params)
+            return plans.run(plans.eval_plan(self, x, self._plan), x)
         q = self.gate(x)
         self.record("spatial", q)
         return x * q.unsqueeze(1)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan:
+        return plans.gate_plan(dtype, linear=self.proj)
 
 
 @register(
@@ -212,6 +216,8 @@ class SCSE(AttentionModule):
         return torch.sigmoid(logits + self.proj.bias.to(logits.dtype))
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x)
         mode = SUM if self.merge == "sum" else MAX
         params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.proj.weight, self.proj.bias)
         if wants_grad(x, params):
@@ -223,8 +229,11 @@ class SCSE(AttentionModule):
                 mode=mode,
             )
             return gated(x, spec, params)
-        linear = (self.proj.weight.view(-1), float(self.proj.bias.item()))
-        return native.gate_eval(x, mlp=params[:4], linear=linear, mode=mode)
+        return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan:
+        mode = SUM if self.merge == "sum" else MAX
+        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2), linear=self.proj, mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

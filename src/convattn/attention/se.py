@@ -17,7 +17,7 @@ Speed: on contiguous float32/float64 CPU tensors the pooling and the product run
 in the native kernels of :mod:`convattn.layers.native` (one pass each; in
 training one autograd function whose backward is one more pass, the MLP in
 PyTorch; in eval without autograd the whole module is one kernel call,
-:func:`~convattn.layers.native.gate_eval`). Traced, compiled and exported
+:func:`~convattn.layers.plans.gate_plan`). Traced, compiled and exported
 graphs, map captures and other tensors use the plain ops above.
 """
 
@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels, native, spatial_mean, unsqueeze_spatial
+from ..layers import (
+    AttentionModule,
+    hidden_channels,
+    plans,
+    spatial_mean,
+    unsqueeze_spatial,
+)
 from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
 from ..registry import register
 
@@ -78,7 +84,12 @@ class SE(AttentionModule):
         return x * unsqueeze_spatial(s, x.dim() - 2)
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return plans.run(plans.eval_plan(self, x, self._plan), x)
         params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if wants_grad(x, params):
             return gated(x, GateSpec(channel=self.gate_from_mean), params)
-        return native.gate_eval(x, mlp=params)
+        return plans.run(plans.eval_plan(self, x, self._plan), x)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan:
+        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2))

@@ -39,7 +39,7 @@ Native kernels (:mod:`convattn.layers.native`, contiguous float32/float64 CPU
 tensors): the H and W poolings are one pass, the C pooling another, Y a third;
 in training one autograd function (``_TripletNative``) whose backward makes two
 more passes; in eval without autograd the whole module is one kernel call
-(``native.triplet_eval``: the three pools, the three conv + BN + sigmoid gates
+(:func:`convattn.layers.plans.triplet_plan`: the three pools, the three conv + BN + sigmoid gates
 with BN folded, the product), whole samples per thread.
 
 Recorded maps: ``"spatial"`` (B, H, W) = the H x W branch's gate (absent with
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, native
+from ..layers import AttentionModule, native, plans
 from ..layers.gated import conv_1out, fast_ok, scatter_max_grad, wants_grad
 from ..registry import register
 
@@ -278,13 +278,16 @@ class TripletAttention(AttentionModule):
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         params = tuple(self.parameters()) if torch.is_grad_enabled() else ()
-        gates = [g for g in (self.cw, self.hc, self.hw) if g is not None]
+        if not wants_grad(x, params):
+            plan = plans.eval_plan(self, x, self._plan)
+            if plan is not None:  # every BN in eval: one kernel call
+                return plans.run(plan, x)
         # BN from batch statistics (training, or no running statistics): the autograd
         # function runs the gate modules themselves (it also serves the no-grad case)
-        if wants_grad(x, params) or any(g.bn.training or g.bn.running_var is None for g in gates):
-            return _TripletNative.apply(x, self, *params)
-        folded = [(g.conv.weight, *native.bn_affine(g.bn)) for g in gates]
-        return native.triplet_eval(x, (folded[0], folded[1], folded[2] if self.hw is not None else None))
+        return _TripletNative.apply(x, self, *params)
+
+    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
+        return plans.triplet_plan(dtype, [g for g in (self.cw, self.hc, self.hw) if g is not None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

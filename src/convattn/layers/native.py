@@ -2,8 +2,10 @@
 
 The kernels (``csrc/gates.c``, plain C + OpenMP) fuse the passes a gate makes
 over the full-size activation: pooling, gating, and the input gradient, one pass
-each, on contiguous float32 / float64 CPU tensors. Everything small (MLPs, convs
-on pooled maps, BatchNorm) stays in PyTorch, so autograd still differentiates it.
+each, on contiguous float32 / float64 CPU tensors. With autograd, everything small
+(MLPs, convs on pooled maps, BatchNorm) stays in PyTorch, so autograd still
+differentiates it; in eval without autograd a whole module is one kernel call
+(:mod:`convattn.layers.plans`).
 
 Building: the first call compiles the source with the system C compiler
 (``$CC``, else ``cc``/``gcc``/``clang``; about a second) into a per-machine cache
@@ -25,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -58,7 +59,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     # 256-bit vectors: the rows here are often short (7 to 56 values), where 512-bit
     # loops spend most of their time in scalar remainders (measured: 1.4x faster pools)
     FLAGS += ("-mprefer-vector-width=256",)
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -92,7 +93,7 @@ _SIGNATURES = {
     "conv2d_bwd": [_P, _P, _P, _I, _I, _I, _P, _I, _P, _P, _P, ctypes.c_int],
     "gate_eval": [_P, _P, _P, ctypes.c_int],
     "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
-    "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, None, _P, ctypes.c_int],
+    "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, None, _P, ctypes.c_int],
 }
 #: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
 _RETURNS_STATUS = frozenset({"conv2d_gate", "conv2d_bwd", "gate_eval", "coord_eval", "triplet_eval"})
@@ -451,18 +452,6 @@ def conv2d_planes_backward(g, p0, p1, weight, want_p0: bool = True, want_p1: boo
     return d0, d1, None if dw is None else dw.to(weight.dtype)
 
 
-def bn_affine(bn: torch.nn.Module) -> tuple[float, float]:
-    """(scale, shift) of a one-channel BatchNorm in eval: bn(v) = scale * v + shift."""
-    eps = bn.eps
-    scale = 1.0 / math.sqrt(float(bn.running_var.item()) + eps)
-    if bn.weight is not None:
-        scale *= float(bn.weight.item())
-    shift = -float(bn.running_mean.item()) * scale
-    if bn.bias is not None:
-        shift += float(bn.bias.item())
-    return scale, shift
-
-
 # ------------------------------------------------------------ coordinate attention
 # x (B, C, H, W); strip vectors zh/gh/rh (B, C, H) and zw/gw/rw (B, C, W).
 
@@ -583,107 +572,11 @@ class GateEvalArgs(ctypes.Structure):
         ("s_scale", ctypes.c_double),
         ("s_shift", ctypes.c_double),
         ("mode", ctypes.c_int64),
+        *[(n, ctypes.c_void_p) for n in ("s_bn_w", "s_bn_b", "s_bn_mean", "s_bn_var", "s_cbias")],
+        ("s_eps", ctypes.c_double),
+        ("lb", ctypes.c_void_p),
     ]
 
 
 _GE_MLP, _GE_MLP_MAX, _GE_CONV1D = 1, 2, 3
 _GE_SP_CONV, _GE_SP_LINEAR = 1, 2
-
-
-def gate_eval(
-    x: torch.Tensor,
-    *,
-    mlp: tuple | None = None,
-    mlp_max: bool = False,
-    conv1d: torch.Tensor | None = None,
-    spatial_conv: tuple | None = None,
-    linear: tuple | None = None,
-    sequential: bool = False,
-    mode: int = 0,
-) -> torch.Tensor:
-    """A pooled-gate module's output in eval, in one kernel call (no autograd).
-
-    Channel gate gc (B, C), at most one of:
-      ``mlp=(w1 (m, C), b1 (m,) | None, w2 (C, m), b2 (C,) | None)``: sigmoid(MLP(GAP X))
-      (``mlp_max=True``: sigmoid(MLP(GAP X) + MLP(GMP X)), CBAM);
-      ``conv1d=w (k,)``: sigmoid(conv1d(GAP X)) over channels, zero padding k // 2 (ECA).
-    Spatial gate gs (B, S), at most one of:
-      ``spatial_conv=(w (2, k, k), scale, shift, max_first)``: sigmoid(scale conv([max_c U; mean_c U]) + shift)
-      with U = X * gc if ``sequential`` else X (planes swapped if not ``max_first``); 2-D only;
-      ``linear=(w (C,), bias)``: sigmoid(w . X + bias) (sSE).
-    Y = X * G(gc, gs) with G as in :func:`scale` (``mode``).
-    """
-    B, C = x.shape[:2]
-    S = x.numel() // (B * C)
-    dt = x.dtype
-    a = GateEvalArgs(B=B, C=C, S=S, mode=mode)
-    keep = []
-
-    def ptr(t):
-        if t is None:
-            return None
-        t = _small(t, dt)
-        keep.append(t)
-        return t.data_ptr()
-
-    if mlp is not None:
-        w1, b1, w2, b2 = mlp
-        a.ch_kind = _GE_MLP_MAX if mlp_max else _GE_MLP
-        a.hidden = w1.shape[0]
-        a.w1, a.b1, a.w2, a.b2 = ptr(w1), ptr(b1), ptr(w2), ptr(b2)
-    elif conv1d is not None:
-        a.ch_kind, a.k1, a.cw1 = _GE_CONV1D, conv1d.numel(), ptr(conv1d)
-    if spatial_conv is not None:
-        w, sc, sh, max_first = spatial_conv
-        a.sp_kind, a.H, a.W = _GE_SP_CONV, x.shape[2], x.shape[3]
-        a.k2, a.cw2, a.s_scale, a.s_shift = w.shape[-1], ptr(w), sc, sh
-        a.sequential, a.max_first = int(sequential), int(max_first)
-    elif linear is not None:
-        w, bias = linear
-        a.sp_kind, a.lw, a.s_shift = _GE_SP_LINEAR, ptr(w), bias
-    out = torch.empty_like(x)
-    _check(_fn("gate_eval", dt)(x.data_ptr(), ctypes.byref(a), out.data_ptr(), _threads()), "gate_eval")
-    return out
-
-
-def coord_eval(x: torch.Tensor, conv1, bn, conv_h, conv_w) -> torch.Tensor:
-    """Coordinate attention in eval, one kernel call (no autograd): strip means,
-    h_swish(BN(conv1 .)) with BN from its running statistics, the two sigmoid gates
-    and the product; ``conv1`` (C -> m), ``conv_h``/``conv_w`` (m -> C) 1x1 convs."""
-    B, C, H, W = x.shape
-    dt = x.dtype
-    m = conv1.out_channels
-    t = [_small(v, dt) for v in (
-        conv1.weight, conv1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-        conv_h.weight, conv_h.bias, conv_w.weight, conv_w.bias,
-    )]
-    out = torch.empty_like(x)
-    _check(_fn("coord_eval", dt)(
-        x.data_ptr(), B, C, H, W, m, *(_ptr(v) for v in t[:6]), bn.eps, *(_ptr(v) for v in t[6:]),
-        out.data_ptr(), _threads(),
-    ), "coord_eval")
-    return out
-
-
-def triplet_eval(x: torch.Tensor, gates) -> torch.Tensor:
-    """Triplet attention in eval, one kernel call (no autograd).
-
-    ``gates``: ((w, scale, shift) for the (C, W) branch, the (C, H) branch and the
-    (H, W) branch or None), w the (1, 2, k, k) kernel on [max; mean] planes, BN
-    folded into scale and shift. The (C, H) branch's kernel is the paper's (H, C)
-    kernel, transposed here. Y = X * (a_cw + a_hc + a_hw) / (number of branches).
-    """
-    B, C, H, W = x.shape
-    dt = x.dtype
-    (w_cw, s0, t0), (w_hc, s1, t1), hw = gates
-    k = w_cw.shape[-1]
-    w_cw = _small(w_cw, dt)
-    w_hc = _small(w_hc.mT, dt)  # the kernel over the transposed (C, H) plane
-    w_hw = None if hw is None else _small(hw[0], dt)
-    aff = (ctypes.c_double * 6)(s0, t0, s1, t1, *((hw[1], hw[2]) if hw is not None else (0.0, 0.0)))
-    out = torch.empty_like(x)
-    _check(_fn("triplet_eval", dt)(
-        x.data_ptr(), B, C, H, W, k, w_cw.data_ptr(), w_hc.data_ptr(), _ptr(w_hw), aff,
-        1.0 / (2 if hw is None else 3), out.data_ptr(), _threads(),
-    ), "triplet_eval")
-    return out

@@ -9,6 +9,15 @@
  * first pass reads from L3 / memory. The samples left over (fewer than the
  * threads) run stage by stage, each stage split over the threads. */
 
+/* A one-channel BatchNorm in eval after a conv with bias cb (nullable), as
+ * bn(conv + cb) = scale conv + shift; weight and bias nullable (affine off). */
+static void NAME(bn_fold)(const T *w, const T *b, const T *mean, const T *var, double eps, const T *cb,
+                          double *scale, double *shift) {
+    double a = (w ? (double)w[0] : 1.0) / sqrt((double)var[0] + eps);
+    *scale = a;
+    *shift = ((cb ? (double)cb[0] : 0.0) - (double)mean[0]) * a + (b ? (double)b[0] : 0.0);
+}
+
 static void NAME(gate_eval_sample)(const T *restrict xb, const gate_eval_args *a, T *restrict ob,
                                    T *restrict ws) {
     int64_t C = a->C, S = a->S;
@@ -53,7 +62,11 @@ static void NAME(gate_eval_task)(int64_t b, const void *p, void *ws) {
 }
 
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
-int NAME(gate_eval)(const T *restrict x, const gate_eval_args *a, T *restrict out, int nth) {
+int NAME(gate_eval)(const T *restrict x, const gate_eval_args *args, T *restrict out, int nth) {
+    gate_eval_args folded = *args, *a = &folded;
+    if (a->sp_kind == GE_SP_CONV && a->s_bn_var)
+        NAME(bn_fold)(a->s_bn_w, a->s_bn_b, a->s_bn_mean, a->s_bn_var, a->s_eps, a->s_cbias, &a->s_scale, &a->s_shift);
+    if (a->sp_kind == GE_SP_LINEAR && a->lb) a->s_shift = (double)((const T *)a->lb)[0];
     int64_t B = a->B, C = a->C, S = a->S, per = C * S;
     int64_t nws = 3 * C + 3 * S + (a->sp_kind == GE_SP_CONV ? NAME(conv2d_ws)(a->H, a->W, a->k2) : 0);
     int64_t nfull = whole_samples(B, nth);
@@ -268,7 +281,7 @@ int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64
 
 /* Triplet attention in eval, one call. Per sample: the Z-pools (max and mean) over H
  * (planes (C, W)), over W (planes (C, H)) and over C (planes (H, W)), each branch's
- * k x k conv with BN folded (aff: scale, shift per branch) and sigmoid, and
+ * k x k conv with its BN in eval (folded into aff: scale, shift per branch) and sigmoid, and
  * y = x (a_cw[c, w] + a_hc[c, h] + a_hw[h, w]) * kk. w_hc is the (C, H)-plane kernel
  * (the transposed (H, C) kernel); w_hw nullable (no spatial branch). */
 static int64_t NAME(triplet_ws)(int64_t C, int64_t H, int64_t W, int64_t k) {
@@ -310,10 +323,33 @@ static void NAME(triplet_task)(int64_t b, const void *p, void *ws) {
                          c->out + b * per, ws);
 }
 
+static int NAME(triplet_run)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+                             const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
+                             const double *aff, T kk, T *restrict out, int nth);
+
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
 int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
-                       const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw, const double *aff,
-                       T kk, T *restrict out, int nth) {
+                       const T *restrict w_cw, const T *restrict w_hck, const T *restrict w_hw,
+                       const T *const *bn, const double *eps, T kk, T *restrict out, int nth) {
+    /* bn: (weight, bias, running mean, running var) of each branch's BN, weight and bias
+     * nullable; folded here, at each call, into a scale and a shift per branch (aff) */
+    double aff[6] = {0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < (w_hw ? 3 : 2); i++)
+        NAME(bn_fold)(bn[4 * i], bn[4 * i + 1], bn[4 * i + 2], bn[4 * i + 3], eps[i], NULL, aff + 2 * i, aff + 2 * i + 1);
+    /* w_hck is the paper's kernel over the (H, C) plane; the kernels run on (C, H) planes */
+    T *w_hc = (T *)malloc((size_t)(2 * k * k) * sizeof(T));
+    if (!w_hc) return 1;
+    for (int64_t p = 0; p < 2; p++)
+        for (int64_t i = 0; i < k; i++)
+            for (int64_t j = 0; j < k; j++) w_hc[(p * k + i) * k + j] = w_hck[(p * k + j) * k + i];
+    int failed = NAME(triplet_run)(x, B, C, H, W, k, w_cw, w_hc, w_hw, aff, kk, out, nth);
+    free(w_hc);
+    return failed;
+}
+
+static int NAME(triplet_run)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+                             const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
+                             const double *aff, T kk, T *restrict out, int nth) {
     int64_t per = C * H * W, nws = NAME(triplet_ws)(C, H, W, k);
     int64_t nfull = whole_samples(B, nth);
     struct NAME(triplet_ctx) ctx = {x, out, C, H, W, k, w_cw, w_hc, w_hw, aff, kk};

@@ -187,6 +187,12 @@ typedef struct {
     const void *lw;         /* linear: (C,) weights */
     double s_scale, s_shift; /* conv: sigmoid(scale conv + shift) (BN folded); linear: shift = bias */
     int64_t mode;           /* merge of the gates: 0 product, 1 sum, 2 max (scSE) */
+    /* conv: when s_bn_var is set, scale and shift come from a one-channel BN in eval
+     * (weight, bias nullable) and the conv's bias (nullable) instead; linear: when lb
+     * is set, the bias is lb[0]. Read at each call, so values changed in place count. */
+    const void *s_bn_w, *s_bn_b, *s_bn_mean, *s_bn_var, *s_cbias;
+    double s_eps;
+    const void *lb;
 } gate_eval_args;
 
 #ifndef VBYTES
@@ -238,5 +244,5 @@ typedef struct {
 #undef SUF
 #undef EXP
 
-int convattn_abi_version(void) { return 2; }
+int convattn_abi_version(void) { return 3; }
 long long convattn_schunk(void) { return SCHUNK; }
