@@ -283,6 +283,17 @@ def test_kernels_against_torch():
     torch.testing.assert_close(simam_y, ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_sigmoid_whole_range(dtype):
+    """The kernels' sigmoid (AVX-512 table path in float where the CPU has it): against
+    torch over [-200, 200] at every tail length, saturated ends, inf and NaN."""
+    z = torch.cat((torch.linspace(-200, 200, 40001, dtype=dtype), torch.randn(37, dtype=dtype) * 10,
+                   torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0], dtype=dtype)))
+    for n in (1, 15, 16, 17, z.numel()):
+        got = native.sigmoid_(z[:n].clone())
+        torch.testing.assert_close(got, torch.sigmoid(z[:n]), rtol=4e-7, atol=1e-37, equal_nan=True)
+
+
 @pytest.mark.parametrize("S", [2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 48, 196, 784])
 def test_simam_rows_every_length_against_float64(S):
     """SimAM's float row kernel (the AVX-512 table path where the CPU has it, with a

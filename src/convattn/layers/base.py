@@ -111,13 +111,12 @@ class AttentionModule(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless ``x`` is (B, channels, *spatial) with supported dims."""
         nd = x.dim() - 2
-        if self.dims is not None:
-            ok_dims = nd == self.dims
-            dims_text = f"{self.dims} spatial dim{'s' if self.dims > 1 else ''} (built with dims={self.dims})"
-        else:
-            ok_dims = nd in self.supported_dims
-            dims_text = _join_or(self.supported_dims) + " spatial dims"
-        if not ok_dims or x.shape[1] != self.channels:
+        ok_dims = nd == self.dims if self.dims is not None else nd in self.supported_dims
+        if not ok_dims or x.shape[1] != self.channels:  # the message only when it is needed
+            if self.dims is not None:
+                dims_text = f"{self.dims} spatial dim{'s' if self.dims > 1 else ''} (built with dims={self.dims})"
+            else:
+                dims_text = _join_or(self.supported_dims) + " spatial dims"
             raise ValueError(
                 f"{self._owner()}: expected input (B, {self.channels}, ...) with {dims_text}; "
                 f"got shape {tuple(x.shape)}"

@@ -92,6 +92,7 @@ _SIGNATURES = {
     "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, ctypes.c_int, _P, ctypes.c_int],
     "conv2d_bwd": [_P, _P, _P, _I, _I, _I, _P, _I, _P, _P, _P, ctypes.c_int],
     "gate_eval": [_P, _P, _P, ctypes.c_int],
+    "sigmoid": [_P, _I],
     "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
     "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, None, _P, ctypes.c_int],
 }
@@ -224,9 +225,9 @@ def _graph_capture() -> bool:
 def usable(x: torch.Tensor, contiguous: bool = True) -> bool:
     """True when the kernels may run on ``x`` (see the module docstring); with
     ``contiguous=False`` for a tensor the caller copies into a contiguous one."""
-    if type(x) is not torch.Tensor or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()) or x.is_cuda:
+    if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()):
         return False
-    if x.device.type != "cpu" or x.dim() < 2 or x.numel() == 0 or _graph_capture() or not enabled():
+    if x.dim() < 2 or x.numel() == 0 or _off_depth or _graph_capture() or not enabled():
         return False
     return _lib is not None or _load() is not None
 
@@ -553,6 +554,12 @@ def triplet_grad(dy, acw, ahc, ahw, rw, rh, rs) -> torch.Tensor:
         B, C, H, W, dx.data_ptr(), _threads(),
     )
     return dx
+
+
+def sigmoid_(g: torch.Tensor) -> torch.Tensor:
+    """sigmoid in place on a contiguous tensor: the kernels' own (coord's gates use it)."""
+    _fn("sigmoid", g.dtype)(g.data_ptr(), g.numel())
+    return g
 
 
 # ------------------------------------------------------------- whole-module eval kernel

@@ -128,8 +128,15 @@ static inline int64_t NAME(rup)(int64_t v) { return (v + CB - 1) / CB * CB; }
 
 /* sigmoid of n values in place; compute-bound (one exp each): full vector width */
 WIDE static void NAME(sigmoid_inplace)(T *restrict g, int64_t n) {
+#ifdef SIGMOID_INPLACE
+    SIGMOID_INPLACE(g, n);
+#else
     for (int64_t i = 0; i < n; i++) g[i] = (T)1 / ((T)1 + EXP(-g[i]));
+#endif
 }
+
+/* the same, exported (tests) */
+void NAME(sigmoid)(T *restrict g, int64_t n) { NAME(sigmoid_inplace)(g, n); }
 
 static void NAME(coord_gates_sample)(const T *restrict z, int64_t C, int64_t Hp, int64_t Wp, int64_t m,
                                      const T *restrict w1t, const T *restrict fsc, const T *restrict fsh,
