@@ -138,10 +138,6 @@ def _bn_ready(bn: nn.Module) -> bool:
     return not bn.training and bn.running_var is not None and bn.running_mean is not None
 
 
-def _conv_bias(conv: nn.Module) -> str | None:
-    return "bias" if conv.bias is not None else None
-
-
 def gate_plan(
     dtype: torch.dtype,
     *,

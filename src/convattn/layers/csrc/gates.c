@@ -1,9 +1,11 @@
 /* convattn native CPU kernels for the gating attention modules.
  *
- * Plain C99 + OpenMP, compiled on first use by convattn.layers.native and called
- * through ctypes on contiguous (B, C, S) tensors (S = product of the spatial
- * sizes). Each kernel is one pass over the full-size activation; the small gate
- * networks (MLPs, 1-D / k x k convs on pooled maps, BN) stay in PyTorch.
+ * Plain C99 + OpenMP (GCC/Clang vector extensions; AVX-512 intrinsics for a few
+ * float loops where the CPU has them), compiled on first use by
+ * convattn.layers.native and called through ctypes on contiguous (B, C, S) tensors
+ * (S = product of the spatial sizes). Each kernel is one pass over the full-size
+ * activation; with autograd the small gate networks (MLPs, 1-D / k x k convs on
+ * pooled maps, BN) stay in PyTorch, in eval fused_impl.h runs whole modules.
  *
  * Every kernel exists for float (suffix _f32) and double (_f64). Threads: the
  * caller passes torch.get_num_threads(); torch and this library share one
@@ -96,17 +98,18 @@ static inline float exp2neg_f32(float t) {
     return p * scale;
 }
 
-/* SimAM's last pass over one row in float with AVX-512 (the generic loop in
- * gates_impl.h is the fallback): o = p / (1 + 2^t), t = -(al d^2 + bl), d = p - mu.
- * The loop is bound by the FMA pipes, so 2^t takes fewer of them than
- * exp2neg_f32: t = n + f with n = t rounded to a multiple of 1/32; the same
- * rounding happens when adding 1.5 * 2^18, whose sum's low 5 mantissa bits then
- * index a 32-entry table of 2^(j/32) (vpermt2ps); 2^f by a
- * degree-2 near-minimax polynomial on [-1/64, 1/64] (relative error 5.3e-8 in
- * exact arithmetic), the integer part of n by vscalefps (which also gives 0 far
- * below -126). Measured on Zen 4, 784-value rows in L2: 11.1 cycles per 16 values,
- * against 13.4 for the generic loop; largest relative error 1.4e-7 against a
- * double reference. NaN propagates: max(-150, NaN) keeps the NaN. */
+/* AVX-512 float paths for the compute-bound loops (the generic code in gates_impl.h
+ * and fused_impl.h is the fallback, and the only path for double):
+ * - SimAM's row (statistics, then o = p / (1 + 2^t), t = -(al d^2 + bl), d = p - mu);
+ * - the sigmoid of coord's gate network.
+ * Both are bound by the FMA pipes, so 2^t takes fewer of them than exp2neg_f32 /
+ * exp_f32 (exp2_tab_ps): t = n + f with n = t rounded to a multiple of 1/32; the same
+ * rounding happens when adding 1.5 * 2^18, whose sum's low 5 mantissa bits then index
+ * a 32-entry table of 2^(j/32) (vpermt2ps); 2^f by a degree-2 near-minimax
+ * polynomial on [-1/64, 1/64] (relative error 5.3e-8 in exact arithmetic); the
+ * integer part of n by vscalefps. Measured on Zen 4, 784-value rows in L2, SimAM's
+ * last pass: 11.1 cycles per 16 values against 13.4 for the generic loop; largest
+ * relative error 1.4e-7 against a double reference. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define SIMAM_APPLY_F32 simam_apply_f32
@@ -162,7 +165,7 @@ static void simam_stats_f32(const float *restrict p, int64_t n, float *mu_out, f
 }
 
 /* 2^t for t in [-150, 150] (see above): 2^floor(n) 2^(j/32) 2^f; vscalefps gives 0
- * below 2^-149 and inf above 2^127. */
+ * below 2^-149 and inf above 2^127. NaN propagates. */
 static inline __m512 exp2_tab_ps(__m512 t, __m512 t_lo) { /* 2^(t + t_lo), |t_lo| tiny */
     const __m512 shifter = _mm512_set1_ps(393216.0f); /* 1.5 * 2^18: its ulp is 1/32 */
     const __m512 c1 = _mm512_set1_ps(0.6931573469011034f), c2 = _mm512_set1_ps(0.24022689925747048f);
@@ -179,7 +182,7 @@ static inline __m512 exp2_tab_ps(__m512 t, __m512 t_lo) { /* 2^(t + t_lo), |t_lo
 static void simam_apply_f32(const float *restrict p, float *restrict o, int64_t S, float mu, float al, float bl) {
     const float sa = sqrtf(al); /* al > 0: lam > 0 */
     const __m512 vs = _mm512_set1_ps(sa), vms = _mm512_set1_ps(mu * sa), vbl = _mm512_set1_ps(bl);
-    const __m512 lo = _mm512_set1_ps(-150.0f), one = _mm512_set1_ps(1.0f);
+    const __m512 lo = _mm512_set1_ps(-150.0f), one = _mm512_set1_ps(1.0f); /* max(lo, NaN) is NaN */
     for (int64_t i = 0; i < S; i += 16) {
         __mmask16 m = tail16(S - i);
         __m512 v = _mm512_maskz_loadu_ps(m, p + i);
