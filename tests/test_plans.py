@@ -195,3 +195,12 @@ def test_plans_do_not_keep_modules_alive_nor_travel_with_them():
     del m, m2
     gc.collect()
     assert len(plans._plans) <= n - 2
+
+
+def test_operand_on_another_device_is_refused_not_dereferenced():
+    m = _module("se")
+    x = torch.randn(2, 16, 4, 4)
+    _check(m, x)
+    m.fc2.weight = nn.Parameter(m.fc2.weight.detach().to("meta"))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="meta"):
+        m(x)
