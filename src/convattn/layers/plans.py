@@ -126,6 +126,8 @@ class _Operands:
         t = getattr(owner, name)  # what the module itself would use (parametrizations included)
         if t is None:
             return None
+        if not t.is_cpu:  # the plain ops would refuse the mix too; a pointer would crash
+            raise RuntimeError(f"{type(owner).__name__}.{name} is on {t.device}, the input is on cpu")
         if t is stored and t.dtype is self.dtype and t.is_contiguous():
             self.tensors.append(t)
             return t.data_ptr()
