@@ -216,19 +216,17 @@ class SCSE(AttentionModule):
         return torch.sigmoid(logits + self.proj.bias.to(logits.dtype))
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x)
-        mode = SUM if self.merge == "sum" else MAX
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.proj.weight, self.proj.bias)
-        if wants_grad(x, params):
-            spec = GateSpec(
-                channel=self.channel_gate_from_mean,
-                spatial=self.spatial_gate_from_logits,
-                spatial_kind="linear",
-                linear_index=4,
-                mode=mode,
-            )
-            return gated(x, spec, params)
+        if torch.is_grad_enabled():
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.proj.weight, self.proj.bias)
+            if wants_grad(x, params):
+                spec = GateSpec(
+                    channel=self.channel_gate_from_mean,
+                    spatial=self.spatial_gate_from_logits,
+                    spatial_kind="linear",
+                    linear_index=4,
+                    mode=SUM if self.merge == "sum" else MAX,
+                )
+                return gated(x, spec, params)
         return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x)
 
     def _plan(self, dtype: torch.dtype) -> plans.Plan:

@@ -84,11 +84,10 @@ class SE(AttentionModule):
         return x * unsqueeze_spatial(s, x.dim() - 2)
 
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return plans.run(plans.eval_plan(self, x, self._plan), x)
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-        if wants_grad(x, params):
-            return gated(x, GateSpec(channel=self.gate_from_mean), params)
+        if torch.is_grad_enabled():  # (the parameter tuple costs more than the eval call's setup)
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            if wants_grad(x, params):
+                return gated(x, GateSpec(channel=self.gate_from_mean), params)
         return plans.run(plans.eval_plan(self, x, self._plan), x)
 
     def _plan(self, dtype: torch.dtype) -> plans.Plan:
