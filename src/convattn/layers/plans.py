@@ -64,17 +64,17 @@ class Plan:
 
     ``call(x, out)`` runs the kernel and returns its status; ``tensors``/``ptrs`` are the
     operands and their data pointers at build time; ``bns`` the BatchNorms folded in
-    the kernel and their ``eps`` at build time.
+    the kernel and their ``eps`` at build time; ``keep`` the copies made for the call.
     """
 
-    __slots__ = ("kernel", "dtype", "key", "gen", "tensors", "ptrs", "bns", "eps", "cacheable", "call")
+    __slots__ = ("kernel", "dtype", "key", "gen", "tensors", "ptrs", "bns", "eps", "keep", "call")
 
     def __init__(self, kernel: str, dtype: torch.dtype, key: Any, ops: _Operands,
                  bns: Sequence[nn.Module], call: Callable[[torch.Tensor, torch.Tensor], int]) -> None:
         self.kernel, self.dtype, self.key, self.gen = kernel, dtype, key, _generation
         self.tensors, self.ptrs = tuple(ops.tensors), tuple(t.data_ptr() for t in ops.tensors)
         self.bns, self.eps = tuple(bns), tuple(bn.eps for bn in bns)
-        self.cacheable = not ops.keep
+        self.keep = ops.keep  # copies made for this plan: it is then used once, not cached
         self.call = call
 
     def fresh(self, dtype: torch.dtype, key: Any) -> bool:
@@ -100,7 +100,7 @@ def eval_plan(owner: nn.Module, x: torch.Tensor, build: Callable[[torch.dtype], 
     plan = build(x.dtype)
     if plan is not None:
         plan.key = key
-    _plans[owner] = plan if plan is not None and plan.cacheable else None
+    _plans[owner] = plan if plan is not None and not plan.keep else None
     return plan
 
 
@@ -199,7 +199,6 @@ def gate_plan(
             args.H, args.W = x.shape[2], x.shape[3]
         return fn(x.data_ptr(), ctypes.byref(args), out.data_ptr(), native._threads())
 
-    call.keep = ops.keep  # type: ignore[attr-defined]  # copies live as long as the call
     return Plan("gate_eval", dtype, None, ops, bns, call)
 
 
@@ -220,7 +219,6 @@ def coord_plan(dtype: torch.dtype, conv1: nn.Module, bn: nn.Module, conv_h: nn.M
         B, C, H, W = x.shape
         return fn(x.data_ptr(), B, C, H, W, m, *first, eps, *rest, out.data_ptr(), native._threads())
 
-    call.keep = ops.keep  # type: ignore[attr-defined]
     return Plan("coord_eval", dtype, None, ops, [bn], call)
 
 
@@ -245,5 +243,4 @@ def triplet_plan(dtype: torch.dtype, gates: Sequence[nn.Module]) -> Plan | None:
         B, C, H, W = x.shape
         return fn(x.data_ptr(), B, C, H, W, k, w[0], w[1], w_hw, bnp, eps, kk, out.data_ptr(), native._threads())
 
-    call.keep = ops.keep  # type: ignore[attr-defined]
     return Plan("triplet_eval", dtype, None, ops, [g.bn for g in gates], call)

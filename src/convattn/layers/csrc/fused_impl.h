@@ -64,7 +64,7 @@ static void NAME(gate_eval_task)(int64_t b, const void *p, void *ws) {
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
 int NAME(gate_eval)(const T *restrict x, const gate_eval_args *args, T *restrict out, int nth) {
     gate_eval_args folded = *args, *a = &folded;
-    if (a->sp_kind == GE_SP_CONV && a->s_bn_var)
+    if (a->sp_kind == GE_SP_CONV)
         NAME(bn_fold)(a->s_bn_w, a->s_bn_b, a->s_bn_mean, a->s_bn_var, a->s_eps, a->s_cbias, &a->s_scale, &a->s_shift);
     if (a->sp_kind == GE_SP_LINEAR && a->lb) a->s_shift = (double)((const T *)a->lb)[0];
     int64_t B = a->B, C = a->C, S = a->S, per = C * S;

@@ -112,8 +112,7 @@ static inline float exp2neg_f32(float t) {
  * relative error 1.4e-7 against a double reference. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define SIMAM_APPLY_F32 simam_apply_f32
-#define SIMAM_STATS_F32 simam_stats_f32
+#define HAVE_AVX512_F32 1
 /* 2^(j / 32), j = 0..31, rounded to float */
 static const float exp2_table[32] = {
     0x1p+0f, 0x1.059b0ep+0f, 0x1.0b5586p+0f, 0x1.11301ep+0f,
@@ -198,7 +197,6 @@ static void simam_apply_f32(const float *restrict p, float *restrict o, int64_t 
  * product's rounding error by an FMA, and log2 e's own): for g << 0, where sigmoid is
  * about 2^t, an error of |t| 2^-24 in t alone gave relative errors of 4e-6. g is
  * clamped to [-104, 104] (sigmoid is 1, or 0 within 1e-45, beyond); NaN propagates. */
-#define SIGMOID_INPLACE_F32 sigmoid_inplace_avx512
 static void sigmoid_inplace_avx512(float *restrict g, int64_t n) {
     const __m512 lo = _mm512_set1_ps(-104.0f), hi = _mm512_set1_ps(104.0f), one = _mm512_set1_ps(1.0f);
     const __m512 nl_hi = _mm512_set1_ps(-1.44269502162933349609375f), nl_lo = _mm512_set1_ps(-1.925963033500011e-08f);
@@ -253,11 +251,11 @@ typedef struct {
     int64_t k2;             /* conv: (2, k, k) kernel, odd k, needs H * W == S */
     const void *cw2;
     const void *lw;         /* linear: (C,) weights */
-    double s_scale, s_shift; /* conv: sigmoid(scale conv + shift) (BN folded); linear: shift = bias */
+    double s_scale, s_shift; /* set by gate_eval: conv: sigmoid(scale conv + shift); linear: shift = bias */
     int64_t mode;           /* merge of the gates: 0 product, 1 sum, 2 max (scSE) */
-    /* conv: when s_bn_var is set, scale and shift come from a one-channel BN in eval
-     * (weight, bias nullable) and the conv's bias (nullable) instead; linear: when lb
-     * is set, the bias is lb[0]. Read at each call, so values changed in place count. */
+    /* conv: the one-channel BN in eval after it (weight, bias nullable; mean, var
+     * required) and the conv's bias (nullable); linear: its bias (nullable: none).
+     * Read and folded at each call, so values changed in place count. */
     const void *s_bn_w, *s_bn_b, *s_bn_mean, *s_bn_var, *s_cbias;
     double s_eps;
     const void *lb;
@@ -278,10 +276,10 @@ typedef struct {
 #define SUF f32
 #define EXP exp_f32
 #define EXP2NEG exp2neg_f32
-#ifdef SIMAM_APPLY_F32
-#define SIMAM_APPLY SIMAM_APPLY_F32
-#define SIMAM_STATS SIMAM_STATS_F32
-#define SIGMOID_INPLACE SIGMOID_INPLACE_F32
+#ifdef HAVE_AVX512_F32 /* the float-only paths above replace these generic loops */
+#define SIMAM_APPLY simam_apply_f32
+#define SIMAM_STATS simam_stats_f32
+#define SIGMOID_INPLACE sigmoid_inplace_avx512
 #endif
 #define SQRT sqrtf
 #include "gates_impl.h"
