@@ -305,6 +305,9 @@ def test_simam_rows_every_length_against_float64(S):
     x[1, 1, 0] = 500.0  # an outlier: a d^2 far beyond the exp's range for the rest of the row
     x[2, 2, -1] = float("nan")
     x[3, 3, S // 2] = float("inf")
+    # a constant row far from 0 (its mean exact): d = 0, so y = x sigmoid(1/2); a kernel
+    # forming d sqrt(a) as x sqrt(a) - mu sqrt(a) gets mu sqrt(a)'s rounding (~1e12) instead
+    x[4, 0, :] = 11 * 2.0**57
     y, a = native.simam_forward(x, 1e-4, want_a=True)
     xd = x.double()
     mu = xd.mean(2, keepdim=True)
