@@ -320,6 +320,23 @@ def test_simam_rows_every_length_against_float64(S):
     torch.testing.assert_close(a[finite], ad.squeeze(2)[finite].float(), rtol=1e-5, atol=0)
 
 
+def test_simam_statistics_when_the_row_starts_far_from_its_mean():
+    """The float kernel's one-pass statistics sum about the mean of the row's first 16
+    values; when those sit far from the row's mean, the subtraction would lose up to
+    log2(S / 16) bits: the kernel must fall back to two passes and keep a exact to float."""
+    g = torch.Generator().manual_seed(0)
+    S = 112 * 112
+    x = torch.randn(4, 1, S, generator=g)
+    x[:, :, :16] += torch.tensor([1e3, 1e4, -3e3, 0.0]).view(4, 1, 1)  # the last row: no offset
+    y, a = native.simam_forward(x, 1e-4, want_a=True)
+    xd = x.double()
+    mu = xd.mean(2, keepdim=True)
+    d2 = (xd - mu) ** 2
+    ad = 1 / (4 * (d2.sum(2, keepdim=True) / (S - 1) + 1e-4))
+    torch.testing.assert_close(a, ad.squeeze(2).float(), rtol=2e-6, atol=0)
+    torch.testing.assert_close(y, (xd * torch.sigmoid(ad * d2 + 0.5)).float(), rtol=2e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("W", [3, 4, 7, 8, 12, 28, 56, 130])
 def test_short_row_pools_every_width(W, dtype):
