@@ -636,6 +636,21 @@ static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t 
 /* o[h, w] = p[h, w] * a[h] * q[w] for one H x W plane. Rows of at least VL values in
  * explicit vectors; a row's last vector is stored at W - VL, rewriting lanes of the
  * previous vector with the same values (no scalar remainder). */
+static inline __attribute__((always_inline)) void NAME(scale_plane)(const T *restrict p, const T *restrict a,
+                                                                   const T *restrict q, int64_t H, int64_t W,
+                                                                   int64_t nf, T *restrict o) {
+    vec qv[MAXV + 1];
+    for (int64_t k = 0; k < nf; k++) qv[k] = NAME(vload)(q + k * VL);
+    qv[nf] = NAME(vload)(q + W - VL);
+    int has_tail = W != nf * VL;
+    for (int64_t h = 0; h < H; h++) {
+        T ah = a[h];
+        const T *ph = p + h * W; T *oh = o + h * W;
+        for (int64_t k = 0; k < nf; k++) NAME(vstore)(oh + k * VL, NAME(vload)(ph + k * VL) * ah * qv[k]);
+        if (has_tail) NAME(vstore)(oh + W - VL, NAME(vload)(ph + W - VL) * ah * qv[nf]);
+    }
+}
+
 static inline void NAME(outer_scale_plane)(const T *restrict p, const T *restrict a, const T *restrict q, int64_t H,
                                            int64_t W, T *restrict o) {
     int64_t nf = W / VL;
@@ -646,15 +661,13 @@ static inline void NAME(outer_scale_plane)(const T *restrict p, const T *restric
         }
         return;
     }
-    vec qv[MAXV + 1];
-    for (int64_t k = 0; k < nf; k++) qv[k] = NAME(vload)(q + k * VL);
-    qv[nf] = NAME(vload)(q + W - VL);
-    int has_tail = W != nf * VL;
-    for (int64_t h = 0; h < H; h++) {
-        T ah = a[h];
-        const T *ph = p + h * W; T *oh = o + h * W;
-        for (int64_t k = 0; k < nf; k++) NAME(vstore)(oh + k * VL, NAME(vload)(ph + k * VL) * ah * qv[k]);
-        if (has_tail) NAME(vstore)(oh + W - VL, NAME(vload)(ph + W - VL) * ah * qv[nf]);
+    switch (nf) { /* constant nf for the common widths, as coord_pool_row */
+    case 1: NAME(scale_plane)(p, a, q, H, W, 1, o); break;
+    case 2: NAME(scale_plane)(p, a, q, H, W, 2, o); break;
+    case 3: NAME(scale_plane)(p, a, q, H, W, 3, o); break;
+    case 4: NAME(scale_plane)(p, a, q, H, W, 4, o); break;
+    case 7: NAME(scale_plane)(p, a, q, H, W, 7, o); break;
+    default: NAME(scale_plane)(p, a, q, H, W, nf, o);
     }
 }
 
