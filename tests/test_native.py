@@ -387,6 +387,48 @@ def test_conv_1out_equals_conv2d_values_and_gradients(inputs, k, size):
         assert conv_1out(z, w) is None
 
 
+def _first_max_and_ties(u: torch.Tensor, dim: int):
+    """Reference (max, first arg-max, number of arg-maxes) along ``dim``; a NaN max's
+    arg-maxes are the NaNs (as torch.amax propagates them)."""
+    mx = u.amax(dim, keepdim=True)
+    hit = (u == mx) | (u.isnan() & mx.isnan())
+    pos = torch.arange(u.shape[dim]).view([-1 if d == dim % u.dim() else 1 for d in range(u.dim())])
+    first = torch.where(hit, pos, u.shape[dim]).amin(dim)
+    return mx.squeeze(dim), first, hit.sum(dim).to(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_arg_maxes_and_ties_against_torch(dtype):
+    """The max pools' first arg-max and tie count (the training backward splits the
+    gradient over them) against torch: ties (ReLU zeros, constant rows, equal
+    channels), a max at the last position, NaN rows and columns, -0.0 next to 0.0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 7, 9, generator=g, dtype=dtype)
+    x[:, :20] = x[:, :20].relu() - 1.0  # rows whose max (0 - 1) often ties
+    x[0, 0] = 0.0
+    x[0, 1, -1, -1] = 100.0
+    x[0, 2] = -0.0
+    x[0, 2, 3, 3] = 0.0
+    x[1, 3, 2, 4] = float("nan")
+    x[2, :, 0, 0] = 7.0
+    x[2, 5, 1, 1] = float("nan")
+    x[2, :, 6, 8] = -x[2, :, 6, 8].abs() - 1
+    x[2, 39, 6, 8] = 50.0  # a channel max in the last channel
+    B, C = x.shape[:2]
+    _, mx, idx, cnt = native.pool_spatial(x, True, True)
+    rm, rf, rc = _first_max_and_ties(x.flatten(2), 2)
+    torch.testing.assert_close(mx, rm, equal_nan=True)
+    assert torch.equal(idx, rf) and torch.equal(cnt, rc)
+    gate = torch.rand(B, C, generator=g, dtype=dtype) + 0.5
+    gate[0, :4] = 1.0
+    for gt in (None, gate):
+        _, mx, idx, cnt = native.pool_channel(x, gt, True, True)
+        u = x.flatten(2) if gt is None else x.flatten(2) * gt.unsqueeze(-1)
+        rm, rf, rc = _first_max_and_ties(u, 1)
+        torch.testing.assert_close(mx, rm, equal_nan=True)
+        assert torch.equal(idx, rf) and torch.equal(cnt, rc)
+
+
 def test_scatter_max_grad_splits_ties():
     x = torch.tensor([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     mx, idx, cnt = x.amax(1), x.argmax(1), (x == x.amax(1, keepdim=True)).sum(1).to(torch.int32)

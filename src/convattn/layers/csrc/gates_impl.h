@@ -140,11 +140,25 @@ void NAME(pool_spatial)(const T *restrict x, int64_t rows, int64_t S, T *restric
         NAME(pool_row)(p, S, mean + r, mx ? mx + r : NULL);
         if (!idx) continue;
         T m = mx[r];
-        int64_t first = -1; int32_t c = 0;
-        for (int64_t i = 0; i < S; i++) {
-            if (p[i] == m || (m != m && p[i] != p[i])) { if (first < 0) first = i; c++; }
+        int64_t first = S, c = 0;
+        if (m == m && S < ((int64_t)1 << (8 * sizeof(IT) - 2))) {
+            /* branch-free in IT-sized lanes (vectorised): the first arg-max is the least
+             * matching index. The branchy scan took 1.2 of CBAM's 3.6 ms train forward
+             * at (8, 256, 28, 28). */
+            IT f = (IT)S, t = 0;
+            #pragma omp simd reduction(min:f) reduction(+:t)
+            for (IT i = 0; i < (IT)S; i++) {
+                IT eq = p[i] == m, at = eq ? i : (IT)S;
+                t += eq;
+                f = at < f ? at : f;
+            }
+            first = f; c = t;
+        } else if (m == m) {
+            for (int64_t i = 0; i < S; i++) if (p[i] == m) { if (first == S) first = i; c++; }
+        } else { /* NaN max: the NaNs are the arg-maxes (rare) */
+            for (int64_t i = 0; i < S; i++) if (p[i] != p[i]) { if (first == S) first = i; c++; }
         }
-        idx[r] = first < 0 ? 0 : first; cnt[r] = c;
+        idx[r] = first == S ? 0 : first; cnt[r] = (int32_t)c;
     }
 }
 
@@ -188,18 +202,21 @@ static void NAME(pool_channel_task)(const T *restrict xb, const T *restrict gb, 
         xo[i] = m[i];
     }
     if (!ib) return;
-    for (int64_t i = 0; i < n; i++) { ib[i] = -1; cb[i] = 0; }
+    /* first arg-max and ties per position, branch-free in IT-sized lanes (vectorised;
+     * the branchy loop took 0.58 ms at (8, 256, 28, 28), the max pass itself 0.09) */
+    IT first[SCHUNK], ties[SCHUNK];
+    for (int64_t i = 0; i < n; i++) { first[i] = (IT)C; ties[i] = 0; }
     for (int64_t c = 0; c < C; c++) {
         const T *p = xb + c * S; T gc = gb ? gb[c] : (T)1;
+        #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
             T u = p[i] * gc;
-            if (u == m[i] || (m[i] != m[i] && u != u)) {
-                if (ib[i] < 0) ib[i] = c;
-                cb[i]++;
-            }
+            IT eq = (u == m[i]) | ((m[i] != m[i]) & (u != u));
+            ties[i] += eq;
+            first[i] = eq && (IT)c < first[i] ? (IT)c : first[i];
         }
     }
-    for (int64_t i = 0; i < n; i++) if (ib[i] < 0) ib[i] = 0;
+    for (int64_t i = 0; i < n; i++) { ib[i] = first[i] == (IT)C ? 0 : first[i]; cb[i] = (int32_t)ties[i]; }
 }
 
 /* mean and max over channels of u = x * g[b, c] (g nullable: u = x), per (b, s).   */
