@@ -190,3 +190,33 @@ def test_option_parsers():
     for bad in ("8x0x2x2", "8x2x2x2x2x2", "", "8,256"):
         with pytest.raises(ValueError, match="shape"):
             parse_shapes(bad)
+
+
+def _fake_run(ratios: dict, time_utc: str, floor_ms: float) -> dict:
+    """A run_modules-shaped result with given eval ratios to FLOOR (shape 2x8x4x4)."""
+    rows = [{"name": n, "shape": [2, 8, 4, 4], "eval_vs_floor": r} for n, r in ratios.items()]
+    return {"kind": "modules", "rows": rows, "floor": [{"name": "FLOOR", "shape": [2, 8, 4, 4], "eval_ms": floor_ms}],
+            "config": {"modes": ["eval"], "dtype": "float32", "threads": 2, "channels_last": False},
+            "env": {"time_utc": time_utc, "torch": "x", "load_avg_start": [0.5, 0, 0], "load_avg_end": [0.7, 0, 0]}}
+
+
+def test_combine_runs_judges_the_median_over_runs():
+    from convattn.bench.report import combine_runs, runs_markdown
+
+    runs = [_fake_run({"se": 1.23, "cbam": 2.5, "ge": 3.0}, "2026-01-01T10:00:00Z", 0.15),
+            _fake_run({"se": 0.99, "cbam": 1.9}, "2026-01-01T10:05:00Z", 0.17),
+            _fake_run({"se": 1.10, "cbam": 2.1}, "2026-01-01T10:09:00Z", 0.16)]
+    rows = {r["name"]: r for r in combine_runs(runs, {"se": 1.2, "cbam": 2.0})}
+    assert rows["se"]["ratios"] == [1.23, 0.99, 1.10] and rows["se"]["median"] == pytest.approx(1.10)
+    assert rows["se"]["pass"] is True and rows["se"]["runs_met"] == 2 and rows["se"]["runs"] == 3
+    assert rows["cbam"]["median"] == pytest.approx(2.1) and rows["cbam"]["pass"] is False and rows["cbam"]["runs_met"] == 1
+    # a module without a target, timed in one run only: reported, not judged
+    assert rows["ge"]["ratios"] == [3.0, None, None] and rows["ge"]["pass"] is None and rows["ge"]["median"] == 3.0
+    # an even number of runs: the mean of the middle two
+    assert combine_runs(runs[:2], {"se": 1.2})[0]["median"] == pytest.approx((1.23 + 0.99) / 2)
+    md = runs_markdown(runs, combine_runs(runs, {"se": 1.2, "cbam": 2.0}), "t")
+    assert "| se | <= 1.2x | 1.23x | 0.99x | 1.10x | 1.10x | pass | 2/3 |" in md
+    assert "| cbam | <= 2.0x | 2.50x | 1.90x | 2.10x | 2.10x | **FAIL** | 1/3 |" in md
+    assert "| FLOOR (ms) | | 0.150 | 0.170 | 0.160 |" in md and "run 2, 10:05 (load 0.5)" in md
+    with pytest.raises(ValueError, match="no results"):
+        combine_runs([], {})

@@ -236,3 +236,77 @@ def write_outputs(result: dict, out_dir: str | Path, title: str | None = None, e
     paths["md"].write_text(markdown(result, title, extra_md))
     plot(result, paths["png"])
     return paths
+
+
+def combine_runs(results: list[dict], targets: dict[str, float]) -> list[dict[str, Any]]:
+    """Latency ratios to FLOOR of several :func:`~convattn.bench.run_modules` results
+    (separate processes, same modules and shapes), per (mode, shape, module).
+
+    Each row: the ratio of every run (None where a run has none), their median, the
+    target (``targets``, name -> largest allowed ratio) and how many runs met it. A
+    module meets its target when the median over runs does: one process's ratio moves
+    with the machine's load and its allocator state, so single runs disagree.
+    """
+    if not results:
+        raise ValueError("combine_runs: no results to combine")
+    modes = results[0]["config"]["modes"]
+    out: list[dict[str, Any]] = []
+    for mode in modes:
+        seen: list[tuple[str, tuple]] = []
+        for res in results:
+            for row in res["rows"]:
+                key = (row["name"], tuple(row["shape"]))
+                if key not in seen:
+                    seen.append(key)
+        seen.sort(key=lambda k: (k[1], list(targets).index(k[0]) if k[0] in targets else len(targets), k[0]))
+        for name, shape in seen:
+            ratios = []
+            for res in results:
+                row = next((r for r in res["rows"] if r["name"] == name and tuple(r["shape"]) == shape), None)
+                ratios.append(None if row is None else row.get(f"{mode}_vs_floor"))
+            have = sorted(r for r in ratios if r is not None)
+            median = None
+            if have:
+                mid = len(have) // 2
+                median = have[mid] if len(have) % 2 else (have[mid - 1] + have[mid]) / 2
+            target = targets.get(name)
+            met = None if target is None else sum(r <= target for r in have)
+            out.append({
+                "mode": mode, "shape": list(shape), "name": name, "ratios": ratios, "median": median,
+                "target": target, "runs_met": met, "runs": len(have),
+                "pass": None if target is None or median is None else median <= target,
+            })
+    return out
+
+
+def runs_markdown(results: list[dict], combined: list[dict], title: str, note: str = "") -> str:
+    """:func:`combine_runs` as markdown: one table per (mode, shape), a column per run."""
+    heads = []
+    for i, res in enumerate(results, 1):
+        e = res["env"]
+        heads.append(f"run {i}, {e['time_utc'][11:16]} (load {_load(e.get('load_avg_start'))})")
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines += [f"Configuration (run 1): {describe_config(results[0])}.", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for row in combined:
+        groups.setdefault((row["mode"], tuple(row["shape"])), []).append(row)
+    for (mode, shape), rows in groups.items():
+        floors = []
+        for res in results:
+            f = next((r for r in res.get("floor", []) if tuple(r["shape"]) == shape), {})
+            floors.append(_f(f.get(f"{mode}_ms"), "{:.3f}"))
+        lines += [f"## {mode}, {_shape(shape)}", "",
+                  "| module | target | " + " | ".join(heads) + " | median | verdict | runs met |",
+                  "|---|---|" + "---|" * len(heads) + "---|---|---|",
+                  "| FLOOR (ms) | | " + " | ".join(floors) + " | | | |"]
+        for r in rows:
+            cells = [("-" if v is None else f"{v:.2f}x") for v in r["ratios"]]
+            tgt = "" if r["target"] is None else f"<= {r['target']}x"
+            verdict = "" if r["pass"] is None else ("pass" if r["pass"] else "**FAIL**")
+            met = "" if r["runs_met"] is None else f"{r['runs_met']}/{r['runs']}"
+            med = "-" if r["median"] is None else f"{r['median']:.2f}x"
+            lines.append(f"| {r['name']} | {tgt} | " + " | ".join(cells) + f" | {med} | {verdict} | {met} |")
+        lines.append("")
+    return "\n".join(lines)
