@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -52,6 +54,8 @@ def test_bench_two_modules_writes_files_with_positive_fields(tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert "| se |" in md and "| eca |" in md and "FLOOR" in md
     assert data["config"]["threads"] == 1 and data["env"]["torch"] == torch.__version__
+    if sys.platform.startswith("linux"):
+        assert data["env"]["allocator"].startswith("glibc malloc") and "allocator: glibc" in md
     # an existing folder is never reused
     assert cli.main(argv) == 2
     assert "already exists" in capsys.readouterr().err
@@ -220,3 +224,24 @@ def test_combine_runs_judges_the_median_over_runs():
     assert "| FLOOR (ms) | | 0.150 | 0.170 | 0.160 |" in md and "run 2, 10:05 (load 0.5)" in md
     with pytest.raises(ValueError, match="no results"):
         combine_runs([], {})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_pin_allocator_keeps_freed_memory_in_the_process():
+    """A 64 MiB tensor freed and allocated again: glibc maps it afresh each time
+    (page faults on every touch) unless the allocator is pinned."""
+    code = (
+        "import resource, sys, torch\n"
+        "from convattn.bench.measure import pin_allocator\n"
+        "def faults():\n"
+        "    a = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(5): torch.ones(16 << 20)\n"
+        "    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - a) / 5\n"
+        "faults(); before = faults(); desc = pin_allocator(); faults(); after = faults()\n"
+        "print(before, after, desc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after = float(out[0]), float(out[1])
+    # 64 MiB is 16,384 pages of 4 KiB (32 huge pages where transparent huge pages are always on)
+    assert before >= 16 and after <= before / 10, out
+    assert " ".join(out[2:]).startswith("glibc malloc")

@@ -11,7 +11,8 @@
   variants of one comparison are timed *interleaved* (A B C A B C ...), one block
   of calls per variant per round, so that drift of a shared machine hits all of
   them alike. Reported: the median over rounds, the interquartile range, and the
-  median of the per-round ratios to a baseline timed in the same rounds.
+  median of the per-round ratios to a baseline timed in the same rounds. The
+  benchmarks first keep freed memory in the process (:func:`pin_allocator`).
 - Peak memory: in a fresh subprocess (``python -m convattn.bench.memory``), as
   shared/DESIGN.md describes: a tiny warm-up call, then write ``5`` to
   ``/proc/self/clear_refs`` and report ``VmHWM`` minus ``VmRSS`` around one
@@ -33,6 +34,35 @@ import torch
 from torch import nn
 
 MiB = 1024.0 * 1024.0
+
+
+def pin_allocator() -> str | None:
+    """Make glibc malloc keep freed memory in the process; a description, or None.
+
+    By default glibc returns large freed blocks to the OS (its dynamic mmap and trim
+    thresholds), so a tensor allocated again next step is page-faulted in afresh,
+    and whether that happens depends on everything the process allocated before.
+    Measured on the development machine: CBAM's train step at (8, 256, 28, 28) took
+    10 ms with 3,100 page faults per step (7 ms of it in the kernel), 4.2 ms with
+    none; one benchmark process ran it at 39 ms throughout. Setting both thresholds
+    to 1 GiB (as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would, or a
+    caching allocator such as jemalloc or tcmalloc) removes that state for every
+    variant alike. Process-wide and not undone; None off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return None
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    for size, text in ((1 << 30, "1 GiB"), (1 << 25, "32 MiB")):  # older glibc caps the mmap threshold
+        if mallopt(m_mmap_threshold, size) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1:
+            return f"glibc malloc, mmap threshold {text}, trim threshold 1 GiB"
+    return None
 
 
 def make_input(shape, dtype=torch.float32, channels_last: bool = False, seed: int = 0) -> torch.Tensor:

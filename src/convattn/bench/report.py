@@ -107,6 +107,8 @@ def describe_config(result: dict) -> str:
     parts = [f"dtype {c['dtype']}", f"{c['threads']} threads", "channels_last" if c["channels_last"] else "contiguous"]
     if e.get("native_kernels"):
         parts.append(f"native kernels {e['native_kernels']}")
+    if e.get("allocator"):
+        parts.append(f"allocator: {e['allocator']}")
     if result["kind"] == "models":
         parts.insert(0, f"input {_shape(c['shape'])}, attention at {c['where']!r}")
     return (
@@ -124,6 +126,8 @@ METHOD = (
     "Latency: torch.utils.benchmark Timer, variants timed interleaved (one block of calls per variant per "
     "round), median over rounds with the interquartile range; ratios are medians of per-round ratios to the "
     "baseline timed in the same rounds. FLOOR = `x * x.mean(spatial)`, the reads and writes every gate needs. "
+    "The process keeps freed memory (glibc's mmap and trim thresholds raised), so no variant pays page faults "
+    "that depend on what ran before it. "
     "Train = forward + backward (gradients of the input and every parameter). FLOPs from "
     "torch.utils.flop_counter (matrix, matrix-vector products and convolutions only; elementwise work is not counted). Peak memory: VmHWM - VmRSS around one "
     "full-size call in a fresh process after a tiny warm-up call and a reset of /proc/self/clear_refs."

@@ -144,6 +144,7 @@ def run_modules(
     max_s: float = 30.0,
     options: dict[str, dict] | None = None,
     progress: Progress | None = None,
+    pin_allocator: bool = True,
 ) -> dict[str, Any]:
     """Benchmark registered attention modules (all when ``names`` is None).
 
@@ -151,6 +152,8 @@ def run_modules(
     and quartiles) as ratios to FLOOR and to timm's module (2D only, when timm has
     it), timed interleaved in the same rounds; peak memory per mode in fresh
     subprocesses. ``options`` maps a module name to constructor options.
+    ``pin_allocator`` first keeps freed memory in this process
+    (:func:`~convattn.bench.measure.pin_allocator`, process-wide).
     """
     from ..registry import get_spec, list_attention
 
@@ -161,6 +164,7 @@ def run_modules(
     modes = check_modes(modes)
     options = options or {}
     env = environment()
+    env["allocator"] = (M.pin_allocator() if pin_allocator else None) or "default"
     rows: list[dict[str, Any]] = []
     floor_rows: list[dict[str, Any]] = []
     probe = M.MemoryProbe(threads=threads) if memory else None
@@ -269,6 +273,7 @@ def run_models(
     block_s: float = 0.3,
     max_s: float = 240.0,
     progress: Progress | None = None,
+    pin_allocator: bool = True,
 ) -> dict[str, Any]:
     """Benchmark ``model`` plain and with each attention (``convattn.models.create_model``).
 
@@ -276,7 +281,7 @@ def run_models(
     layer, when ``peers`` and timm has them) are timed interleaved in the same
     rounds; ratios are per round to the plain model (timm lines: to timm's plain
     model). ``timm_attentions`` limits the timm lines (default: every attention
-    timm has).
+    timm has). ``pin_allocator`` as in :func:`run_modules`.
     """
     try:
         from ..models import list_models
@@ -296,6 +301,7 @@ def run_models(
     threads = check_threads(threads)
     modes = check_modes(modes)
     env = environment()
+    env["allocator"] = (M.pin_allocator() if pin_allocator else None) or "default"
     say = progress or (lambda s: None)
     opts = {"in_chans": shape[1]} if shape[1] != 3 else {}
     targets: dict[str, dict] = {"plain": model_target(model, None, where, opts)}
