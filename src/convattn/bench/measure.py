@@ -45,9 +45,10 @@ def pin_allocator() -> str | None:
     Measured on the development machine: CBAM's train step at (8, 256, 28, 28) took
     10 ms with 3,100 page faults per step (7 ms of it in the kernel), 4.2 ms with
     none; one benchmark process ran it at 39 ms throughout. Setting both thresholds
-    to 1 GiB (as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` would, or a
-    caching allocator such as jemalloc or tcmalloc) removes that state for every
-    variant alike. Process-wide and not undone; None off glibc.
+    to 1 GiB (as ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.
+    trim_threshold=...`` would from the environment, or a caching allocator such as
+    jemalloc or tcmalloc) removes that state for every variant alike. Process-wide
+    and not undone; None off glibc.
     """
     if not sys.platform.startswith("linux"):
         return None
