@@ -40,13 +40,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-pin-allocator", action="store_true",
+                   help="leave glibc malloc at its defaults (freed blocks returned to the OS)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
 
     timm_att = parse_names(args.timm_attention)
     result = run_models(args.model, parse_names(args.attention), shape=args.shape, threads=args.threads,
                         rounds=args.rounds, block_s=0.2, max_s=1e9, peers=bool(timm_att), timm_attentions=timm_att,
-                        memory=not args.no_memory,
+                        memory=not args.no_memory, pin_allocator=not args.no_pin_allocator,
                         progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
     for row in result["rows"]:
         if row["source"] == "convattn" and row.get("attention") in TARGETS:

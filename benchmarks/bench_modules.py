@@ -42,12 +42,14 @@ def main(argv=None) -> int:
     p.add_argument("--block-ms", type=float, default=40.0)
     p.add_argument("--max-s", type=float, default=20.0, help="cap on the timing of one module, one mode (s)")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-pin-allocator", action="store_true",
+                   help="leave glibc malloc at its defaults (freed blocks returned to the OS)")
     p.add_argument("--out", default=str(RESULTS), help="folder for modules.md / modules.json")
     args = p.parse_args(argv)
 
     names = parse_names(args.modules) or None
     result = run_modules(names, args.shapes, threads=args.threads, rounds=args.rounds, block_s=args.block_ms / 1e3,
-                         max_s=args.max_s, memory=not args.no_memory,
+                         max_s=args.max_s, memory=not args.no_memory, pin_allocator=not args.no_pin_allocator,
                          progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
     for row in result["rows"]:
         row["target_vs_floor"] = TARGETS.get(row["name"])

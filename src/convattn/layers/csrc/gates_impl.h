@@ -573,8 +573,8 @@ int NAME(conv2d_bwd)(const T *restrict go, const T *restrict p0, const T *restri
  * explicit vectors of VL values (GCC/Clang vector extensions): a row is
  * W / VL full vectors plus, when W is not a multiple of VL, one vector loaded at
  * W - VL with its already-counted lanes masked off (no scalar remainder loop).
- * The column sums of the full vectors live in a small array (same addresses every
- * row) and those of the masked tail in a register. */
+ * The column sums of the full vectors and of the masked tail stay in registers for
+ * the widths coord_pool_row specialises (1-4 and 7 vectors per row). */
 
 /* The vector path of coord_pool_row for nf = W / VL full vectors per row (a
  * constant after inlining, see below). Four rows per sweep (the column sums updated
