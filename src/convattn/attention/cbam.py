@@ -326,11 +326,12 @@ class CBAM(AttentionModule):
     def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
         ch, sp = self.channel, self.spatial
         params = ch.mlp_params() + sp.gate_params() if torch.is_grad_enabled() else ()
-        if not wants_grad(x, params) and x.dim() == 4:  # one kernel call unless BN is in training
+        grad = wants_grad(x, params)
+        if not grad and x.dim() == 4:  # one kernel call unless BN is in training
             plan = plans.eval_plan(self, x, self._plan, sp.pool_order)
             if plan is not None:
                 return plans.run(plan, x)
-        if wants_grad(x, params) or sp.bn.training:
+        if grad or sp.bn.training:
             spec = GateSpec(
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -268,11 +269,8 @@ def combine_runs(results: list[dict], targets: dict[str, float]) -> list[dict[st
             for res in results:
                 row = next((r for r in res["rows"] if r["name"] == name and tuple(r["shape"]) == shape), None)
                 ratios.append(None if row is None else row.get(f"{mode}_vs_floor"))
-            have = sorted(r for r in ratios if r is not None)
-            median = None
-            if have:
-                mid = len(have) // 2
-                median = have[mid] if len(have) % 2 else (have[mid - 1] + have[mid]) / 2
+            have = [r for r in ratios if r is not None]
+            median = statistics.median(have) if have else None
             target = targets.get(name)
             met = None if target is None else sum(r <= target for r in have)
             out.append({

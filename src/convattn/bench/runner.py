@@ -46,7 +46,8 @@ from .targets import (
 Progress = Callable[[str], None]
 
 
-def environment() -> dict[str, Any]:
+def environment(pin_allocator: bool = False) -> dict[str, Any]:
+    """The machine and versions; with ``pin_allocator``, after :func:`~convattn.bench.measure.pin_allocator`."""
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -71,6 +72,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "native_kernels": native.status(),
+        "allocator": (M.pin_allocator() if pin_allocator else None) or "default",
     }
 
 
@@ -163,8 +165,7 @@ def run_modules(
     threads = check_threads(threads)
     modes = check_modes(modes)
     options = options or {}
-    env = environment()
-    env["allocator"] = (M.pin_allocator() if pin_allocator else None) or "default"
+    env = environment(pin_allocator)
     rows: list[dict[str, Any]] = []
     floor_rows: list[dict[str, Any]] = []
     probe = M.MemoryProbe(threads=threads) if memory else None
@@ -300,8 +301,7 @@ def run_models(
     dt = parse_dtype(dtype)
     threads = check_threads(threads)
     modes = check_modes(modes)
-    env = environment()
-    env["allocator"] = (M.pin_allocator() if pin_allocator else None) or "default"
+    env = environment(pin_allocator)
     say = progress or (lambda s: None)
     opts = {"in_chans": shape[1]} if shape[1] != 3 else {}
     targets: dict[str, dict] = {"plain": model_target(model, None, where, opts)}

@@ -69,9 +69,9 @@ class Plan:
 
     __slots__ = ("kernel", "dtype", "key", "gen", "tensors", "ptrs", "bns", "eps", "keep", "call")
 
-    def __init__(self, kernel: str, dtype: torch.dtype, key: Any, ops: _Operands,
-                 bns: Sequence[nn.Module], call: Callable[[torch.Tensor, torch.Tensor], int]) -> None:
-        self.kernel, self.dtype, self.key, self.gen = kernel, dtype, key, _generation
+    def __init__(self, kernel: str, dtype: torch.dtype, ops: _Operands, bns: Sequence[nn.Module],
+                 call: Callable[[torch.Tensor, torch.Tensor], int]) -> None:
+        self.kernel, self.dtype, self.key, self.gen = kernel, dtype, None, _generation  # key: set by eval_plan
         self.tensors, self.ptrs = tuple(ops.tensors), tuple(t.data_ptr() for t in ops.tensors)
         self.bns, self.eps = tuple(bns), tuple(bn.eps for bn in bns)
         self.keep = ops.keep  # copies made for this plan: it is then used once, not cached
@@ -199,7 +199,7 @@ def gate_plan(
             args.H, args.W = x.shape[2], x.shape[3]
         return fn(x.data_ptr(), ctypes.byref(args), out.data_ptr(), native._threads())
 
-    return Plan("gate_eval", dtype, None, ops, bns, call)
+    return Plan("gate_eval", dtype, ops, bns, call)
 
 
 def coord_plan(dtype: torch.dtype, conv1: nn.Module, bn: nn.Module, conv_h: nn.Module,
@@ -219,7 +219,7 @@ def coord_plan(dtype: torch.dtype, conv1: nn.Module, bn: nn.Module, conv_h: nn.M
         B, C, H, W = x.shape
         return fn(x.data_ptr(), B, C, H, W, m, *first, eps, *rest, out.data_ptr(), native._threads())
 
-    return Plan("coord_eval", dtype, None, ops, [bn], call)
+    return Plan("coord_eval", dtype, ops, [bn], call)
 
 
 def triplet_plan(dtype: torch.dtype, gates: Sequence[nn.Module]) -> Plan | None:
@@ -243,4 +243,4 @@ def triplet_plan(dtype: torch.dtype, gates: Sequence[nn.Module]) -> Plan | None:
         B, C, H, W = x.shape
         return fn(x.data_ptr(), B, C, H, W, k, w[0], w[1], w_hw, bnp, eps, kk, out.data_ptr(), native._threads())
 
-    return Plan("triplet_eval", dtype, None, ops, [g.bn for g in gates], call)
+    return Plan("triplet_eval", dtype, ops, [g.bn for g in gates], call)

@@ -211,33 +211,33 @@ static inline __m512 exp2_tab_ps(__m512 t, __m512 t_lo) { /* 2^(t + t_lo), |t_lo
     return _mm512_scalef_ps(q, n);
 }
 
+/* y = v / (1 + 2^t) = v sigmoid(e), t = -e log2 e */
+static inline __m512 simam_y(__m512 v, __m512 t) {
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp2_tab_ps(t, _mm512_setzero_ps())));
+}
+
 static void simam_apply_f32(const float *restrict p, float *restrict o, int64_t S, float mu, float al, float bl) {
     const float sa = sqrtf(al); /* al > 0: lam > 0 */
     const __m512 vs = _mm512_set1_ps(sa), vms = _mm512_set1_ps(mu * sa), vbl = _mm512_set1_ps(bl);
-    const __m512 one = _mm512_set1_ps(1.0f);
     if (!(fabsf(mu * sa) <= 1e18f)) { /* inf, NaN, or a mean 1e18 deviations from 0 */
         /* fmsub's d sqrt(al) would carry mu sqrt(al)'s rounding (up to inf): t to -inf
          * or NaN. Here d first, t clamped (2^-150 is 0 next to 1; max(lo, NaN) is NaN). */
         const __m512 vmu = _mm512_set1_ps(mu), lo = _mm512_set1_ps(-150.0f);
         for (int64_t i = 0; i < S; i += 16) {
             __mmask16 m = tail16(S - i);
-            __m512 v = _mm512_maskz_loadu_ps(m, p + i);
-            __m512 w = _mm512_mul_ps(_mm512_sub_ps(v, vmu), vs);
-            __m512 t = _mm512_max_ps(lo, _mm512_fnmsub_ps(w, w, vbl));
-            _mm512_mask_storeu_ps(o + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp2_tab_ps(t, _mm512_setzero_ps()))));
+            __m512 v = _mm512_maskz_loadu_ps(m, p + i), w = _mm512_mul_ps(_mm512_sub_ps(v, vmu), vs);
+            _mm512_mask_storeu_ps(o + i, m, simam_y(v, _mm512_max_ps(lo, _mm512_fnmsub_ps(w, w, vbl))));
         }
         return;
     }
     /* Otherwise t is finite: |d sqrt(al)| <= sqrt(S) / 2 up to mu sqrt(al)'s rounding
      * (< 2^37), and d^2 al bounded the same way. No clamp needed (dropping it: 5% of
-     * the loop): below t = -150, vscalefps gives 0 whatever the table index. */
+     * the loop): below t = -150, vscalefps gives 0 whatever the table index. t's own
+     * rounding (|t| 2^-24) only matters where 2^t is small next to 1. */
     for (int64_t i = 0; i < S; i += 16) {
         __mmask16 m = tail16(S - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, p + i);
-        __m512 w = _mm512_fmsub_ps(v, vs, vms);       /* d sqrt(al) */
-        __m512 t = _mm512_fnmsub_ps(w, w, vbl);        /* -(al d^2) - bl */
-        /* t's own rounding (|t| 2^-24) only matters where 2^t is small next to 1 */
-        _mm512_mask_storeu_ps(o + i, m, _mm512_div_ps(v, _mm512_add_ps(one, exp2_tab_ps(t, _mm512_setzero_ps()))));
+        __m512 v = _mm512_maskz_loadu_ps(m, p + i), w = _mm512_fmsub_ps(v, vs, vms); /* d sqrt(al) */
+        _mm512_mask_storeu_ps(o + i, m, simam_y(v, _mm512_fnmsub_ps(w, w, vbl)));   /* t = -(al d^2) - bl */
     }
 }
 

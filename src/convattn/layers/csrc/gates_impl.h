@@ -153,10 +153,9 @@ void NAME(pool_spatial)(const T *restrict x, int64_t rows, int64_t S, T *restric
                 f = at < f ? at : f;
             }
             first = f; c = t;
-        } else if (m == m) {
-            for (int64_t i = 0; i < S; i++) if (p[i] == m) { if (first == S) first = i; c++; }
-        } else { /* NaN max: the NaNs are the arg-maxes (rare) */
-            for (int64_t i = 0; i < S; i++) if (p[i] != p[i]) { if (first == S) first = i; c++; }
+        } else { /* a NaN max (the NaNs are the arg-maxes), or rows too long for IT: rare */
+            for (int64_t i = 0; i < S; i++)
+                if (m == m ? p[i] == m : p[i] != p[i]) { if (first == S) first = i; c++; }
         }
         idx[r] = first == S ? 0 : first; cnt[r] = (int32_t)c;
     }
