@@ -169,31 +169,50 @@ static void simam_stats2_f32(const float *restrict p, int64_t n, float *mu_out, 
  * within 2 deviations of mu ((sum d)^2 / n <= 4 q: at most 5x the two-pass rounding;
  * c, a 16-value mean, is typically within half a deviation), else the two passes run.
  * SimAM's whole kernel: 1.18 -> 1.15 and 1.10 -> 1.065 cycles per value in two A/B
- * runs (1 thread, 784-value rows in L2). */
-static void simam_stats_f32(const float *restrict p, int64_t n, float *mu_out, float *q_out) {
-    const float c0 = _mm512_reduce_add_ps(_mm512_maskz_loadu_ps(tail16(n), p)) / (float)(n < 16 ? n : 16);
-    const __m512 c = _mm512_set1_ps(c0);
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, q0 = s0, q1 = s0, q2 = s0, q3 = s0, d;
-    int64_t i = 0;
-#define STEP(sk, qk, at) d = _mm512_sub_ps(_mm512_loadu_ps(p + (at)), c); sk = _mm512_add_ps(sk, d); qk = _mm512_fmadd_ps(d, d, qk)
-    for (; i + 64 <= n; i += 64) {
-        STEP(s0, q0, i); STEP(s1, q1, i + 16); STEP(s2, q2, i + 32); STEP(s3, q3, i + 48);
-    }
-#undef STEP
-    for (; i < n; i += 16) {
-        __mmask16 m = tail16(n - i);
-        d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, p + i), c);
-        s0 = _mm512_add_ps(s0, d); q0 = _mm512_fmadd_ps(d, d, q0);
-    }
-    float sd = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+ * runs (1 thread, 784-value rows in L2). Split in three so that simam_rows_f32 can
+ * take the sums inside another row's loop: begin, accumulate (16 values into the
+ * pair of sums k: vectors 4j + k of the row, the tail into pair 0), finish. */
+typedef struct { __m512 c, s[4], q[4]; float c0; } simam_sums;
+
+static inline void simam_sums_begin(simam_sums *a, const float *restrict p, int64_t n) {
+    a->c0 = _mm512_reduce_add_ps(_mm512_maskz_loadu_ps(tail16(n), p)) / (float)(n < 16 ? n : 16);
+    a->c = _mm512_set1_ps(a->c0);
+    for (int k = 0; k < 4; k++) a->s[k] = a->q[k] = _mm512_setzero_ps();
+}
+
+static inline void simam_sums_add(simam_sums *a, int k, __m512 v) { /* v: zeros past the row's end */
+    __m512 d = _mm512_sub_ps(v, a->c);
+    a->s[k] = _mm512_add_ps(a->s[k], d);
+    a->q[k] = _mm512_fmadd_ps(d, d, a->q[k]);
+}
+
+static inline void simam_sums_add_tail(simam_sums *a, __mmask16 m, const float *restrict p) {
+    __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, p), a->c);
+    a->s[0] = _mm512_add_ps(a->s[0], d);
+    a->q[0] = _mm512_fmadd_ps(d, d, a->q[0]);
+}
+
+static inline void simam_sums_finish(const simam_sums *a, const float *restrict p, int64_t n, float *mu_out,
+                                     float *q_out) {
+    float sd = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a->s[0], a->s[1]), _mm512_add_ps(a->s[2], a->s[3])));
     float off = sd * sd / (float)n;
-    float qq = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(q0, q1), _mm512_add_ps(q2, q3))) - off;
+    float qq = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a->q[0], a->q[1]), _mm512_add_ps(a->q[2], a->q[3]))) - off;
     if (!(off <= 4.0f * qq)) { /* also inf / NaN rows */
         simam_stats2_f32(p, n, mu_out, q_out);
         return;
     }
-    *mu_out = c0 + sd / (float)n;
+    *mu_out = a->c0 + sd / (float)n;
     *q_out = qq;
+}
+
+static void simam_stats_f32(const float *restrict p, int64_t n, float *mu_out, float *q_out) {
+    simam_sums a;
+    int64_t i = 0;
+    simam_sums_begin(&a, p, n);
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 4; k++) simam_sums_add(&a, k, _mm512_loadu_ps(p + i + 16 * k));
+    for (; i < n; i += 16) simam_sums_add_tail(&a, tail16(n - i), p + i);
+    simam_sums_finish(&a, p, n, mu_out, q_out);
 }
 
 /* 2^t for t in [-150, 150] (see above): 2^floor(n) 2^(j/32) 2^f; vscalefps gives 0
@@ -216,17 +235,31 @@ static inline __m512 simam_y(__m512 v, __m512 t) {
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp2_tab_ps(t, _mm512_setzero_ps())));
 }
 
-static void simam_apply_f32(const float *restrict p, float *restrict o, int64_t S, float mu, float al, float bl) {
+/* Row p's output into o. With nx, also the sums of row pn (S values, as simam_stats_f32
+ * adds them) in the same loop: the gate is compute-bound (the FP add pipes: table
+ * index, rounding, 2^n scaling, 1 + 2^t) while the sums alone are bound by their
+ * reductions' latency; a row's sums, its mean and a then gate the next row's loop.
+ * Taking row r + 1's sums inside row r's loop overlaps the two. always_inline: the
+ * nx == NULL calls lose the sums' code. */
+static inline __attribute__((always_inline)) void simam_apply_f32(const float *restrict p, float *restrict o, int64_t S,
+                                                                  float mu, float al, float bl, simam_sums *nx,
+                                                                  const float *restrict pn) {
     const float sa = sqrtf(al); /* al > 0: lam > 0 */
     const __m512 vs = _mm512_set1_ps(sa), vms = _mm512_set1_ps(mu * sa), vbl = _mm512_set1_ps(bl);
+    int64_t i = 0;
     if (!(fabsf(mu * sa) <= 1e18f)) { /* inf, NaN, or a mean 1e18 deviations from 0 */
         /* fmsub's d sqrt(al) would carry mu sqrt(al)'s rounding (up to inf): t to -inf
          * or NaN. Here d first, t clamped (2^-150 is 0 next to 1; max(lo, NaN) is NaN). */
         const __m512 vmu = _mm512_set1_ps(mu), lo = _mm512_set1_ps(-150.0f);
-        for (int64_t i = 0; i < S; i += 16) {
+        for (i = 0; i < S; i += 16) {
             __mmask16 m = tail16(S - i);
             __m512 v = _mm512_maskz_loadu_ps(m, p + i), w = _mm512_mul_ps(_mm512_sub_ps(v, vmu), vs);
             _mm512_mask_storeu_ps(o + i, m, simam_y(v, _mm512_max_ps(lo, _mm512_fnmsub_ps(w, w, vbl))));
+        }
+        if (nx) {
+            for (i = 0; i + 64 <= S; i += 64)
+                for (int k = 0; k < 4; k++) simam_sums_add(nx, k, _mm512_loadu_ps(pn + i + 16 * k));
+            for (; i < S; i += 16) simam_sums_add_tail(nx, tail16(S - i), pn + i);
         }
         return;
     }
@@ -234,10 +267,44 @@ static void simam_apply_f32(const float *restrict p, float *restrict o, int64_t 
      * (< 2^37), and d^2 al bounded the same way. No clamp needed (dropping it: 5% of
      * the loop): below t = -150, vscalefps gives 0 whatever the table index. t's own
      * rounding (|t| 2^-24) only matters where 2^t is small next to 1. */
-    for (int64_t i = 0; i < S; i += 16) {
+#define SIMAM_OUT(at, m)                                                                                  \
+    do {                                                                                                  \
+        __m512 v = _mm512_maskz_loadu_ps(m, p + (at)), w = _mm512_fmsub_ps(v, vs, vms); /* d sqrt(al) */ \
+        _mm512_mask_storeu_ps(o + (at), m, simam_y(v, _mm512_fnmsub_ps(w, w, vbl))); /* t = -(al d^2) - bl */ \
+    } while (0)
+    for (; i + 64 <= S; i += 64)
+        for (int k = 0; k < 4; k++) {
+            SIMAM_OUT(i + 16 * k, (__mmask16)0xFFFF);
+            if (nx) simam_sums_add(nx, k, _mm512_loadu_ps(pn + i + 16 * k));
+        }
+    for (; i < S; i += 16) {
         __mmask16 m = tail16(S - i);
-        __m512 v = _mm512_maskz_loadu_ps(m, p + i), w = _mm512_fmsub_ps(v, vs, vms); /* d sqrt(al) */
-        _mm512_mask_storeu_ps(o + i, m, simam_y(v, _mm512_fnmsub_ps(w, w, vbl)));   /* t = -(al d^2) - bl */
+        SIMAM_OUT(i, m);
+        if (nx) simam_sums_add_tail(nx, m, pn + i);
+    }
+#undef SIMAM_OUT
+}
+
+/* SimAM's forward on rows [r0, r1) (see simam_fwd in gates_impl.h), each row's output
+ * loop taking the next row's sums. a as the generic code computes it. */
+static void simam_rows_f32(const float *restrict x, int64_t r0, int64_t r1, int64_t S, float lam,
+                           float *restrict out, float *restrict aout) {
+    const float log2e = (float)1.4426950408889634;
+    float mu, q;
+    simam_sums nx;
+    if (r0 >= r1) return;
+    simam_stats_f32(x + r0 * S, S, &mu, &q);
+    for (int64_t r = r0; r < r1; r++) {
+        const float *p = x + r * S;
+        float a = 1.0f / (4.0f * (q / (float)(S - 1) + lam));
+        if (aout) aout[r] = a;
+        if (r + 1 < r1) {
+            simam_sums_begin(&nx, p + S, S);
+            simam_apply_f32(p, out + r * S, S, mu, a * log2e, 0.5f * log2e, &nx, p + S);
+            simam_sums_finish(&nx, p + S, S, &mu, &q);
+        } else {
+            simam_apply_f32(p, out + r * S, S, mu, a * log2e, 0.5f * log2e, NULL, NULL);
+        }
     }
 }
 
@@ -326,8 +393,7 @@ typedef struct {
 #define EXP exp_f32
 #define EXP2NEG exp2neg_f32
 #ifdef HAVE_AVX512_F32 /* the float-only paths above replace these generic loops */
-#define SIMAM_APPLY simam_apply_f32
-#define SIMAM_STATS simam_stats_f32
+#define SIMAM_ROWS simam_rows_f32
 #define SIGMOID_INPLACE sigmoid_inplace_avx512
 #endif
 #define SQRT sqrtf
@@ -341,8 +407,7 @@ typedef struct {
 #undef T
 #undef SQRT
 #undef EXP2NEG
-#undef SIMAM_APPLY
-#undef SIMAM_STATS
+#undef SIMAM_ROWS
 #undef SIGMOID_INPLACE
 #undef IT
 #undef LANES
@@ -366,8 +431,7 @@ typedef struct {
 #undef T
 #undef SQRT
 #undef EXP2NEG
-#undef SIMAM_APPLY
-#undef SIMAM_STATS
+#undef SIMAM_ROWS
 #undef SIGMOID_INPLACE
 #undef IT
 #undef LANES

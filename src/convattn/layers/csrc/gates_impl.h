@@ -326,30 +326,28 @@ void NAME(grad_input)(const T *restrict dy, const T *restrict x, const T *restri
 }
 
 /* SimAM, per row: mu = mean, v = sum (x - mu)^2 / (S - 1), a = 1 / (4 (v + lam)), */
-/* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read once.          */
+/* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read twice (the    */
+/* second time from cache). SIMAM_ROWS, if defined, runs a block of rows.          */
 WIDE void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *restrict out, T *restrict aout,
                      int nth) {
+#ifdef SIMAM_ROWS
+    /* one block of consecutive rows per thread, the split of schedule(static) */
+    #pragma omp parallel for num_threads(nth) schedule(static)
+    for (int t = 0; t < nth; t++) SIMAM_ROWS(x, rows * t / nth, rows * (t + 1) / nth, S, lam, out, aout);
+#else
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const T *p = x + r * S; T *o = out + r * S;
-#ifdef SIMAM_STATS
-        T mu, q;
-        SIMAM_STATS(p, S, &mu, &q);
-#else
         T mu = NAME(sum_impl)(p, S) / (T)S, q = NAME(sqdev_impl)(p, S, mu);
-#endif
         T a = (T)1 / ((T)4 * (q / (T)(S - 1) + lam));
         /* exp(-e) = 2^(-e log2 e), e = a d^2 + 1/2 >= 1/2 */
         T al = a * (T)1.4426950408889634, bl = (T)0.5 * (T)1.4426950408889634;
-#ifdef SIMAM_APPLY
-        SIMAM_APPLY(p, o, S, mu, al, bl);
-#else
         for (int64_t i = 0; i < S; i++) {
             T d = p[i] - mu; o[i] = p[i] / ((T)1 + EXP2NEG(-(al * d * d + bl)));
         }
-#endif
         if (aout) aout[r] = a;
     }
+#endif
 }
 
 /* SimAM backward, per row. With d = x - mu, e = a d^2 + 1/2, g = sigmoid(e),      */
