@@ -126,8 +126,10 @@ def child_memory(impl: str, mode: str, channels: int, size: int, batch: int) -> 
 
 def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time: float, min_rounds: int) -> dict:
     import torch
-    from torch.utils import benchmark
 
+    from convattn.engine.measure import benchmark_timer
+
+    Timer = benchmark_timer()
     torch.set_num_threads(2)
     models = {impl: _build(impl, channels).train(mode == "train") for impl in ("naive", "ours")}
     x = torch.randn(batch, channels, size, size, requires_grad=mode == "train")
@@ -138,7 +140,7 @@ def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time:
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() < deadline and rounds < 50):
         for impl in ("naive", "ours"):
-            t = benchmark.Timer(
+            t = Timer(
                 "step(m, x, mode)",
                 globals={"step": _step, "m": models[impl], "x": x, "mode": mode},
                 num_threads=2,

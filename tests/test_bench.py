@@ -245,3 +245,19 @@ def test_pin_allocator_keeps_freed_memory_in_the_process():
     # 64 MiB is 16,384 pages of 4 KiB (32 huge pages where transparent huge pages are always on)
     assert before >= 16 and after <= before / 10, out
     assert " ".join(out[2:]).startswith("glibc malloc")
+
+
+def test_benchmark_timer_imports_without_the_cuda_warning():
+    """torch.utils.benchmark's import logs "No CUDA runtime is found" through
+    torch.utils.cpp_extension on CPU-only machines; benchmark_timer keeps it out of
+    the benchmarks' output and leaves that logger's level as it was."""
+    code = (
+        "import logging\n"
+        "from convattn.engine.measure import benchmark_timer\n"
+        "log = logging.getLogger('torch.utils.cpp_extension'); log.setLevel(logging.INFO)\n"
+        "Timer = benchmark_timer()\n"
+        "print(Timer.__name__, log.level == logging.INFO)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["Timer", "True"]
+    assert "No CUDA runtime" not in run.stderr, run.stderr

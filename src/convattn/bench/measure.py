@@ -255,8 +255,9 @@ def time_interleaved(
     rounds drops (not below ``min_rounds``) when a comparison would take longer
     than ``max_s``.
     """
-    from torch.utils.benchmark import Timer
+    from ..engine.measure import benchmark_timer
 
+    Timer = benchmark_timer()
     timers, numbers, est = {}, {}, {}
     for name, fn in fns.items():
         timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, label=name)

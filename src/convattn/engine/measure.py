@@ -52,15 +52,25 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+def benchmark_timer() -> type:
+    """``torch.utils.benchmark.Timer``, imported without the "No CUDA runtime is found"
+    warning its import (through ``torch.utils.cpp_extension``) logs on CPU-only machines."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
+
+
 @torch.no_grad()
 def latency_per_image(model: nn.Module, input_shape: tuple[int, ...], min_run_time: float = 0.3) -> float:
     """Median seconds of one forward of a batch of one image."""
-    import logging
-
-    # importing torch.utils.benchmark imports cpp_extension, which logs a CUDA warning on CPU-only installs
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils.benchmark import Timer
-
+    Timer = benchmark_timer()
     was = model.training
     model.eval()
     x = torch.randn((1,) + tuple(input_shape[1:]))
