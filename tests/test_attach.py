@@ -626,3 +626,72 @@ def test_torch_export_of_attached_model():
     plain = copy.deepcopy(m)
     detach(plain)
     assert not torch.allclose(out, plain(x))  # the hooked modules are in the exported graph
+
+
+# ------------------------------------------------ Y written over the norm's output
+
+
+def _spy_runs(monkeypatch) -> list[bool]:
+    """Records, for each whole-module kernel call, whether Y was written into X."""
+    from convattn.layers import plans
+
+    seen: list[bool] = []
+    real = plans.run
+
+    def spy(plan, x, owner=None):
+        y = real(plan, x, owner)
+        seen.append(y is x)
+        return y
+
+    monkeypatch.setattr(plans, "run", spy)
+    return seen
+
+
+@pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "sse", "cbam_spatial"])
+def test_attached_gates_write_over_the_norm_output_only_when_no_one_holds_it(key, monkeypatch):
+    """In eval without autograd, the hook lets the gating kernel write Y into the norm's
+    fresh output instead of a new tensor. The model's output is exactly the same as with
+    a new tensor per block; a hook that ran on the norm's output before ours (and kept
+    it) turns the overwrite off, and what it kept is the norm's output, untouched."""
+    m = randomize(create_model("resnet18", attention=key)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    seen = _spy_runs(monkeypatch)
+    with torch.no_grad():
+        y = m(x)
+    assert len(seen) == 8 and all(seen)
+
+    points = insertion_points(m)
+    kept, after = [], []
+    for p in points:
+        site = m.get_submodule(p.path)
+        site.register_forward_hook(lambda mod, a, out: kept.append(out), prepend=True)
+        # runs after ours: sees Y (cloned: torchvision's blocks add the residual into it in place)
+        site.register_forward_hook(lambda mod, a, out: after.append(out.clone()))
+    seen.clear()
+    with torch.no_grad():
+        ref = m(x)
+        assert len(seen) == 8 and not any(seen)
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        for p, before, out in zip(points, kept, after, strict=True):
+            att = m.get_submodule(p.attention_path)
+            torch.testing.assert_close(att(before), out, rtol=0, atol=0)  # `before` is still the norm's output
+            assert not torch.equal(before, out)
+
+
+def test_no_overwrite_with_autograd_or_a_wrapped_module(monkeypatch):
+    """The overwrite needs eval without autograd and the registered module itself: with
+    gradients the norm's output is part of the graph, and a wrapper (IdentityInit, a
+    user's module) may read its input again after the gate."""
+    m = randomize(create_model("resnet18", attention="se")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = _spy_runs(monkeypatch)
+    y = m(x)
+    y.sum().backward()
+    assert not any(seen) and all(p.grad is not None for p in m.parameters())
+
+    plain = randomize(create_model("resnet18")).eval()
+    wrapped = copy.deepcopy(plain)
+    attach(wrapped, lambda c: IdentityInit(create_attention("se", c)))
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), plain(x), rtol=0, atol=0)  # IdentityInit: y = x at alpha 0
+    assert seen and not any(seen)

@@ -155,7 +155,7 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
     called = []
     kernel = {"coord": "coord_eval", "triplet": "triplet_eval"}.get(key, "gate_eval")
     real = plans.run
-    monkeypatch.setattr(plans, "run", lambda plan, x: called.append(plan.kernel) or real(plan, x))
+    monkeypatch.setattr(plans, "run", lambda plan, x, owner=None: called.append(plan.kernel) or real(plan, x, owner))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -140,7 +140,7 @@ class CBAMChannel(AttentionModule):
                 params = self.mlp_params()
                 if wants_grad(x, params):
                     return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x)
+            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
@@ -243,7 +243,7 @@ class CBAMSpatial(AttentionModule):
             if x.dim() == 4:  # one kernel call unless BN is in training
                 plan = plans.eval_plan(self, x, self._plan, self.pool_order)
                 if plan is not None:
-                    return plans.run(plan, x)
+                    return plans.run(plan, x, self)
             if self.bn.training:
                 return gated(x, GateSpec(spatial=self.gate_from_pools), params)
             B = x.shape[0]
@@ -330,7 +330,7 @@ class CBAM(AttentionModule):
         if not grad and x.dim() == 4:  # one kernel call unless BN is in training
             plan = plans.eval_plan(self, x, self._plan, sp.pool_order)
             if plan is not None:
-                return plans.run(plan, x)
+                return plans.run(plan, x, self)
         if grad or sp.bn.training:
             spec = GateSpec(
                 channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True

@@ -219,7 +219,7 @@ class CoordAttention(AttentionModule):
                 return _CoordNative.apply(x, self, *params)
             plan = plans.eval_plan(self, x, self._plan)
             if plan is not None:  # BN in eval: one kernel call
-                return plans.run(plan, x)
+                return plans.run(plan, x, self)
             g_h, g_w = self.gates_from_strips(native.coord_pool(x), x.shape[2])
             return native.coord_scale(x, g_h, g_w)
         g_h, g_w = self.gates(x)

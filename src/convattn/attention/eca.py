@@ -125,7 +125,7 @@ class ECA(AttentionModule):
                 params = (self.conv.weight,)
                 if wants_grad(x, params):
                     return gated(x, GateSpec(channel=self.gate_from_mean), params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x)
+            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         w = self.gate(x)
         self.record("channel", w)
         return x * unsqueeze_spatial(w, x.dim() - 2)

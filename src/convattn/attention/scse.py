@@ -147,7 +147,7 @@ class SSE(AttentionModule):
                 if wants_grad(x, params):
                     spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
                     return gated(x, spec, params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x)
+            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         q = self.gate(x)
         self.record("spatial", q)
         return x * q.unsqueeze(1)
@@ -227,7 +227,7 @@ class SCSE(AttentionModule):
                     mode=SUM if self.merge == "sum" else MAX,
                 )
                 return gated(x, spec, params)
-        return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x)
+        return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x, self)
 
     def _plan(self, dtype: torch.dtype) -> plans.Plan:
         mode = SUM if self.merge == "sum" else MAX

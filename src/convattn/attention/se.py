@@ -88,7 +88,7 @@ class SE(AttentionModule):
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             if wants_grad(x, params):
                 return gated(x, GateSpec(channel=self.gate_from_mean), params)
-        return plans.run(plans.eval_plan(self, x, self._plan), x)
+        return plans.run(plans.eval_plan(self, x, self._plan), x, self)
 
     def _plan(self, dtype: torch.dtype) -> plans.Plan:
         return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2))

@@ -281,7 +281,7 @@ class TripletAttention(AttentionModule):
         if not wants_grad(x, params):
             plan = plans.eval_plan(self, x, self._plan)
             if plan is not None:  # every BN in eval: one kernel call
-                return plans.run(plan, x)
+                return plans.run(plan, x, self)
         # BN from batch statistics (training, or no running statistics): the autograd
         # function runs the gate modules themselves (it also serves the no-grad case)
         return _TripletNative.apply(x, self, *params)

@@ -26,6 +26,8 @@ is not kept.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import weakref
 from collections.abc import Callable, Sequence
@@ -104,8 +106,37 @@ def eval_plan(owner: nn.Module, x: torch.Tensor, build: Callable[[torch.dtype], 
     return plan
 
 
-def run(plan: Plan, x: torch.Tensor) -> torch.Tensor:
-    """Y for ``x`` (contiguous, the plan's dtype; the caller checked ``native.usable``)."""
+#: kernels whose ``out`` may be X itself: every element of Y is written once, after
+#: every read of X it depends on (gate_eval: pools, gates, then an elementwise scale)
+_IN_PLACE = frozenset({"gate_eval"})
+
+#: (module, tensor): ``module`` may write its output into ``tensor``, its input; set by
+#: :func:`overwriting` around one call
+_overwritable: contextvars.ContextVar[tuple[nn.Module, torch.Tensor] | None] = contextvars.ContextVar(
+    "convattn_overwritable", default=None)
+
+
+@contextlib.contextmanager
+def overwriting(module: nn.Module, x: torch.Tensor):
+    """Within the block, ``module(x)`` may write its result into ``x`` itself (when its
+    kernel allows, see ``_IN_PLACE``) instead of a new tensor. Only ``module`` itself
+    (not a module it calls or that wraps it) and only this ``x``. The caller promises
+    that nothing reads ``x`` afterwards: :func:`convattn.models.attach`'s hook, for a
+    fresh output no one else holds."""
+    token = _overwritable.set((module, x))
+    try:
+        yield
+    finally:
+        _overwritable.reset(token)
+
+
+def run(plan: Plan, x: torch.Tensor, owner: nn.Module | None = None) -> torch.Tensor:
+    """Y for ``x`` (contiguous, the plan's dtype; the caller checked ``native.usable``),
+    in place when ``owner`` runs under :func:`overwriting` for this ``x``."""
+    ow = _overwritable.get()
+    if ow is not None and ow[0] is owner and ow[1] is x and plan.kernel in _IN_PLACE:
+        native._check(plan.call(x, x), plan.kernel)
+        return x
     out = torch.empty_like(x)
     native._check(plan.call(x, out), plan.kernel)
     return out

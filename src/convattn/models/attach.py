@@ -32,6 +32,11 @@ module tree. The hooks run under ``torch.compile``, ``torch.jit.trace`` and
 ``torch.onnx.export``; ``torch.jit.script`` and ``torch.fx`` tracing do not see
 them.
 
+In eval without autograd, a gating module (se, eca, cbam and its halves, sse, scse)
+hooked on a torch norm or conv writes its result over that layer's output instead
+of a new tensor, when nothing else can hold it (no other hook saw it first); the
+result is the same, one full-size tensor per block less is allocated and written.
+
 Options: ``**options`` go to the attention's constructor. Wrap a value in
 :func:`per_stage` to give one value per stage, e.g. ECA's official ResNet-50
 kernels ``attach(m, "eca", kernel_size=per_stage(3, 5, 5, 7))``.
@@ -64,7 +69,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_lib
 
+from ..layers.fused import _tracing
+from ..layers.plans import overwriting
 from ..registry import create_attention, get_spec
 
 ATTR = "attention"
@@ -463,9 +471,40 @@ def _is_identity(m: nn.Module, channels: int, dims: int) -> bool:
             mod.training = training
 
 
+#: modules whose forward returns a new tensor of its own (exact types: a subclass may keep it)
+_FRESH_OUTPUT = frozenset({
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+})
+
+
+def _may_overwrite(module: nn.Module, output: Any, att: nn.Module) -> bool:
+    """Whether ``att`` may write its result into ``output``: a fresh CPU tensor that no
+    one else can hold. Its producer is a torch norm or conv (not a subclass); no hook
+    ran on it before this one (ours is ``module``'s first forward hook, and there are no
+    global hooks) and none will see it as ``att``'s input (``att`` has no hooks); it
+    takes no part in autograd; no graph is being traced."""
+    if _tracing() or type(module) not in _FRESH_OUTPUT or type(output) is not torch.Tensor:
+        return False
+    if output.requires_grad or output._base is not None or not output.is_cpu:
+        return False
+    if next(iter(module._forward_hooks.values()), None) is not _apply_attention:
+        return False
+    if att._forward_hooks or att._forward_pre_hooks or _module_lib._global_forward_hooks:
+        return False
+    return not _module_lib._global_forward_pre_hooks
+
+
 def _apply_attention(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-    # forward hook installed by attach(): the inserted module transforms the output
-    return module._modules[ATTR](output)
+    # forward hook installed by attach(): the inserted module transforms the output.
+    # In eval without autograd, the gating kernels can write Y over the norm's fresh
+    # output instead of a new tensor: ResNet-50 + SE, batch 8, 2 threads, 1.056x ->
+    # 1.024x plain's latency (one A/B run; a new 26 MB tensor per block of layer1).
+    att = module._modules[ATTR]
+    if _may_overwrite(module, output, att):
+        with overwriting(att, output):
+            return att(output)
+    return att(output)
 
 
 def _inserted(model: nn.Module) -> list[str]:

@@ -18,8 +18,9 @@ static void NAME(bn_fold)(const T *w, const T *b, const T *mean, const T *var, d
     *shift = ((cb ? (double)cb[0] : 0.0) - (double)mean[0]) * a + (b ? (double)b[0] : 0.0);
 }
 
-static void NAME(gate_eval_sample)(const T *restrict xb, const gate_eval_args *a, T *restrict ob,
-                                   T *restrict ws) {
+/* xb and ob may be the same array (plans.run in place): each y is written after
+ * every read of x (the pools), by scale_row's elementwise loop */
+static void NAME(gate_eval_sample)(const T *xb, const gate_eval_args *a, T *ob, T *restrict ws) {
     int64_t C = a->C, S = a->S;
     T *avg = ws, *mx = ws + C, *gcb = ws + 2 * C, *pm = ws + 3 * C, *px = pm + S, *gsb = px + S;
     T *cws = gsb + S;
@@ -61,8 +62,9 @@ static void NAME(gate_eval_task)(int64_t b, const void *p, void *ws) {
     NAME(gate_eval_sample)(c->x + b * c->per, c->a, c->out + b * c->per, ws);
 }
 
-/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
-int NAME(gate_eval)(const T *restrict x, const gate_eval_args *args, T *restrict out, int nth) {
+/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete);
+ * out may be x itself */
+int NAME(gate_eval)(const T *x, const gate_eval_args *args, T *out, int nth) {
     gate_eval_args folded = *args, *a = &folded;
     if (a->sp_kind == GE_SP_CONV)
         NAME(bn_fold)(a->s_bn_w, a->s_bn_b, a->s_bn_mean, a->s_bn_var, a->s_eps, a->s_cbias, &a->s_scale, &a->s_shift);
