@@ -168,3 +168,18 @@ def test_bad_export_options(tmp_path, capsys):
         assert cli.main(argv + ["--out", str(tmp_path / "x.onnx")]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name", ["se", "eca", "cbam_channel", "sse", "scse", "coord"])
+def test_jit_trace_of_a_gating_module_raises_no_tracer_warning_from_our_code(name):
+    """The input checks and the native-path tests come after "is a graph being
+    recorded": comparing traced sizes would warn that the trace may be wrong."""
+    import warnings
+
+    m, x = _module_and_input(name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.trace(m, x, check_trace=False)
+    ours = [f"{w.filename}:{w.lineno}" for w in caught
+            if issubclass(w.category, torch.jit.TracerWarning) and "convattn" in w.filename]
+    assert not ours, ours

@@ -112,7 +112,9 @@ class AttentionModule(nn.Module):
         """Raise ValueError unless ``x`` is (B, channels, *spatial) with supported dims."""
         nd = x.dim() - 2
         ok_dims = nd == self.dims if self.dims is not None else nd in self.supported_dims
-        if not ok_dims or x.shape[1] != self.channels:  # the message only when it is needed
+        # (under jit.trace, x.shape[1] is traced: comparing it would warn, and the
+        # trace holds the example's shape anyway)
+        if not ok_dims or (not torch.jit.is_tracing() and x.shape[1] != self.channels):
             if self.dims is not None:
                 dims_text = f"{self.dims} spatial dim{'s' if self.dims > 1 else ''} (built with dims={self.dims})"
             else:

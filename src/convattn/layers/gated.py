@@ -282,10 +282,10 @@ def conv_1out(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     against 0.80 and 3.0 ms for oneDNN's row-conv rewrite); None when they do not apply
     (then call the conv as usual). z (B, I, H, W) -> (B, 1, H, W).
     """
-    if z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype:
-        return None
+    if not native.usable(z, contiguous=False) or z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype:
+        return None  # (usable first: under jit.trace the size tests would warn)
     k = weight.shape[-1]
-    if weight.shape != (1, z.shape[1], k, k) or k % 2 == 0 or not native.usable(z, contiguous=False):
+    if weight.shape != (1, z.shape[1], k, k) or k % 2 == 0:
         return None
     p0 = z[:, 0].contiguous()
     p1 = z[:, 1].contiguous() if z.shape[1] == 2 else None

@@ -227,7 +227,7 @@ def usable(x: torch.Tensor, contiguous: bool = True) -> bool:
     ``contiguous=False`` for a tensor the caller copies into a contiguous one."""
     if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()):
         return False
-    if x.dim() < 2 or x.numel() == 0 or _off_depth or _graph_capture() or not enabled():
+    if _off_depth or _graph_capture() or x.dim() < 2 or x.numel() == 0 or not enabled():  # numel: traced
         return False
     return _lib is not None or _load() is not None
 
