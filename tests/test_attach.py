@@ -633,21 +633,27 @@ def test_torch_export_of_attached_model():
 
 def _spy_runs(monkeypatch) -> list[bool]:
     """Records, for each whole-module kernel call, whether Y was written into X."""
-    from convattn.layers import plans
+    from convattn.layers import native, plans
 
     seen: list[bool] = []
-    real = plans.run
+    real_run, real_simam = plans.run, native.simam_forward
 
-    def spy(plan, x, owner=None):
-        y = real(plan, x, owner)
+    def run(plan, x, owner=None):
+        y = real_run(plan, x, owner)
         seen.append(y is x)
         return y
 
-    monkeypatch.setattr(plans, "run", spy)
+    def simam(x, *args, **kwargs):
+        y, a = real_simam(x, *args, **kwargs)
+        seen.append(y is x)
+        return y, a
+
+    monkeypatch.setattr(plans, "run", run)
+    monkeypatch.setattr(native, "simam_forward", simam)
     return seen
 
 
-@pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "sse", "cbam_spatial"])
+@pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "sse", "cbam_spatial", "coord", "triplet", "simam"])
 def test_attached_gates_write_over_the_norm_output_only_when_no_one_holds_it(key, monkeypatch):
     """In eval without autograd, the hook lets the gating kernel write Y into the norm's
     fresh output instead of a new tensor. The model's output is exactly the same as with

@@ -167,6 +167,36 @@ def test_whole_module_eval_kernel_equals_plain(key, opts, batch, size, threads, 
     assert called and set(called) == {kernel}, f"2-D eval without autograd runs in {kernel}: {called}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("key, opts", [*GATE_EVAL_CASES, ("simam", {})],
+                         ids=[f"{k}-{len(o)}" for k, o in [*GATE_EVAL_CASES, ("simam", {})]])
+def test_eval_kernels_write_over_their_input_with_the_same_values(key, opts, threads, dtype):
+    """Under plans.overwriting (what attach's hook grants for a norm's fresh output) the
+    whole-module eval kernels write Y into X itself: bit for bit the values they write
+    into a new tensor. Widths around the vector length (coord's and triplet's rows
+    store their last vector over lanes of the one before it), a batch with a sample
+    left over for the stage-by-stage path, rows of SimAM's pipelined kernel."""
+    m = _module(key, opts, dtype).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch, size in [(3, (5, 6)), (2, (7, 13)), (3, (9, 17)), (2, (4, 8)), (1, (3, 3))]:
+            x = torch.randn(batch, 16, *size, dtype=dtype)
+            with torch.no_grad():
+                ref = m(x)
+                mine = x.clone()
+                with plans.overwriting(m, mine):
+                    y = m(mine)
+                    xc = x.clone()
+                    other = m(xc)  # another tensor than the one granted: a new Y
+            assert y is mine, f"{key} {size}: Y must be written into X under overwriting"
+            assert other is not xc and torch.equal(xc, x) and torch.equal(other, ref)
+            torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
 def test_native_gradcheck(key):
     m = _module(key, {"reduction": 4} if key == "cbam" else {}, torch.float64).train()

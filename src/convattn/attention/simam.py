@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from ..layers import AttentionModule, native
+from ..layers import AttentionModule, native, plans
 from ..registry import register
 
 
@@ -174,7 +174,7 @@ class SimAM(AttentionModule):
         if math.prod(x.shape[2:]) > 1 and native.usable(x):
             if torch.is_grad_enabled() and x.requires_grad:
                 return _SimAMNative.apply(x, self.e_lambda)
-            return native.simam_forward(x, self.e_lambda)[0]
+            return native.simam_forward(x, self.e_lambda, out=x if plans.may_overwrite(self, x) else None)[0]
         if torch.is_grad_enabled() and x.requires_grad:
             return _SimAMFunction.apply(x, self.e_lambda)
         return _gate_inplace(x, self.e_lambda)[0].mul_(x)

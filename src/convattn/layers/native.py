@@ -367,11 +367,12 @@ def rowdot(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def simam_forward(x: torch.Tensor, e_lambda: float, want_a: bool = False):
-    """SimAM's output and (optionally) a = 1 / (4 (var + lambda)) per (b, c)."""
+def simam_forward(x: torch.Tensor, e_lambda: float, want_a: bool = False, out: torch.Tensor | None = None):
+    """SimAM's output and (optionally) a = 1 / (4 (var + lambda)) per (b, c); into
+    ``out`` if given (contiguous, like ``x``; may be ``x`` itself)."""
     B, C = x.shape[:2]
     S = x.numel() // (B * C)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     a = x.new_empty((B, C)) if want_a else None
     _fn("simam_fwd", x.dtype)(x.data_ptr(), B * C, S, e_lambda, out.data_ptr(), _ptr(a), _threads())
     return out, a

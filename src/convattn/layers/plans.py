@@ -106,9 +106,10 @@ def eval_plan(owner: nn.Module, x: torch.Tensor, build: Callable[[torch.dtype], 
     return plan
 
 
-#: kernels whose ``out`` may be X itself: every element of Y is written once, after
-#: every read of X it depends on (gate_eval: pools, gates, then an elementwise scale)
-_IN_PLACE = frozenset({"gate_eval"})
+#: kernels whose ``out`` may be X itself: each sample's pools are taken before any of
+#: its Y is written, by an elementwise product that loads each value before storing
+#: over it (SimAM's kernel too, outside plans: native.simam_forward)
+_IN_PLACE = frozenset({"gate_eval", "coord_eval", "triplet_eval"})
 
 #: (module, tensor): ``module`` may write its output into ``tensor``, its input; set by
 #: :func:`overwriting` around one call
@@ -130,11 +131,16 @@ def overwriting(module: nn.Module, x: torch.Tensor):
         _overwritable.reset(token)
 
 
+def may_overwrite(owner: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``owner`` runs under :func:`overwriting` for this very ``x``."""
+    ow = _overwritable.get()
+    return ow is not None and ow[0] is owner and ow[1] is x
+
+
 def run(plan: Plan, x: torch.Tensor, owner: nn.Module | None = None) -> torch.Tensor:
     """Y for ``x`` (contiguous, the plan's dtype; the caller checked ``native.usable``),
     in place when ``owner`` runs under :func:`overwriting` for this ``x``."""
-    ow = _overwritable.get()
-    if ow is not None and ow[0] is owner and ow[1] is x and plan.kernel in _IN_PLACE:
+    if plan.kernel in _IN_PLACE and may_overwrite(owner, x):
         native._check(plan.call(x, x), plan.kernel)
         return x
     out = torch.empty_like(x)

@@ -32,10 +32,11 @@ module tree. The hooks run under ``torch.compile``, ``torch.jit.trace`` and
 ``torch.onnx.export``; ``torch.jit.script`` and ``torch.fx`` tracing do not see
 them.
 
-In eval without autograd, a gating module (se, eca, cbam and its halves, sse, scse)
-hooked on a torch norm or conv writes its result over that layer's output instead
-of a new tensor, when nothing else can hold it (no other hook saw it first); the
-result is the same, one full-size tensor per block less is allocated and written.
+In eval without autograd, a gating module (se, eca, cbam and its halves, sse, scse,
+coord, triplet, simam) hooked on a torch norm or conv writes its result over that
+layer's output instead of a new tensor, when nothing else can hold it (no other
+hook saw it first); the result is the same, one full-size tensor per block less is
+allocated and written.
 
 Options: ``**options`` go to the attention's constructor. Wrap a value in
 :func:`per_stage` to give one value per stage, e.g. ECA's official ResNet-50

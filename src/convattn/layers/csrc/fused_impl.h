@@ -218,8 +218,8 @@ static void NAME(coord_strips_sample)(const T *restrict xb, int64_t C, int64_t H
     }
 }
 
-static void NAME(coord_scale_sample)(const T *restrict xb, const T *restrict gh, const T *restrict gw, int64_t C,
-                                     int64_t H, int64_t W, int64_t Hp, int64_t Wp, T *restrict ob) {
+static void NAME(coord_scale_sample)(const T *xb, const T *restrict gh, const T *restrict gw, int64_t C,
+                                     int64_t H, int64_t W, int64_t Hp, int64_t Wp, T *ob) { /* ob may be xb */
     for (int64_t c = 0; c < C; c++) {
         const T *p = xb + c * H * W, *a = gh + c * Hp, *q = gw + c * Wp;
         T *o = ob + c * H * W;
@@ -240,11 +240,12 @@ static void NAME(coord_task)(int64_t b, const void *p, void *ws) {
     NAME(coord_scale_sample)(c->x + b * per, gh, gw, C, c->H, c->W, c->Hp, c->Wp, c->out + b * per);
 }
 
-/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
-int NAME(coord_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t m,
+/* returns 0, or 1 when a workspace could not be allocated (out is then incomplete);
+ * out may be x itself (each y written after the strips of its sample are taken) */
+int NAME(coord_eval)(const T *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t m,
                      const T *restrict w1, const T *restrict b1, const T *restrict bn_w, const T *restrict bn_b,
                      const T *restrict bn_mean, const T *restrict bn_var, T eps, const T *restrict wh,
-                     const T *restrict bh, const T *restrict ww, const T *restrict bw, T *restrict out, int nth) {
+                     const T *restrict bh, const T *restrict ww, const T *restrict bw, T *out, int nth) {
     int64_t Hp = NAME(rup)(H), Wp = NAME(rup)(W), Lp = Hp + Wp, per = C * H * W;
     /* W1^T and BN (with the conv bias) folded into a per-row scale and shift */
     T *w1t = (T *)malloc((size_t)(C * m + 2 * m) * sizeof(T));
@@ -300,9 +301,9 @@ static int64_t NAME(triplet_ws)(int64_t C, int64_t H, int64_t W, int64_t k) {
     return 3 * C * W + 3 * C * H + 3 * H * W + conv;
 }
 
-static void NAME(triplet_sample)(const T *restrict xb, int64_t C, int64_t H, int64_t W, int64_t k,
+static void NAME(triplet_sample)(const T *xb, int64_t C, int64_t H, int64_t W, int64_t k,
                                  const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
-                                 const double *aff, T kk, T *restrict ob, T *restrict ws) {
+                                 const double *aff, T kk, T *ob, T *restrict ws) { /* ob may be xb */
     T *mh = ws, *ah = mh + C * W, *acw = ah + C * W;
     T *mw = acw + C * W, *aw = mw + C * H, *ahc = aw + C * H;
     T *pm = ahc + C * H, *px = pm + H * W, *ahw = px + H * W, *cws = ahw + H * W;
@@ -332,14 +333,14 @@ static void NAME(triplet_task)(int64_t b, const void *p, void *ws) {
                          c->out + b * per, ws);
 }
 
-static int NAME(triplet_run)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+static int NAME(triplet_run)(const T *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
                              const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
-                             const double *aff, T kk, T *restrict out, int nth);
+                             const double *aff, T kk, T *out, int nth);
 
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete) */
-int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+int NAME(triplet_eval)(const T *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
                        const T *restrict w_cw, const T *restrict w_hck, const T *restrict w_hw,
-                       const T *const *bn, const double *eps, T kk, T *restrict out, int nth) {
+                       const T *const *bn, const double *eps, T kk, T *out, int nth) { /* out may be x */
     /* bn: (weight, bias, running mean, running var) of each branch's BN, weight and bias
      * nullable; folded here, at each call, into a scale and a shift per branch (aff) */
     double aff[6] = {0, 0, 0, 0, 0, 0};
@@ -356,9 +357,9 @@ int NAME(triplet_eval)(const T *restrict x, int64_t B, int64_t C, int64_t H, int
     return failed;
 }
 
-static int NAME(triplet_run)(const T *restrict x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
+static int NAME(triplet_run)(const T *x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k,
                              const T *restrict w_cw, const T *restrict w_hc, const T *restrict w_hw,
-                             const double *aff, T kk, T *restrict out, int nth) {
+                             const double *aff, T kk, T *out, int nth) {
     int64_t per = C * H * W, nws = NAME(triplet_ws)(C, H, W, k);
     int64_t nfull = whole_samples(B, nth);
     struct NAME(triplet_ctx) ctx = {x, out, C, H, W, k, w_cw, w_hc, w_hw, aff, kk};

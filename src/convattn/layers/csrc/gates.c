@@ -235,13 +235,13 @@ static inline __m512 simam_y(__m512 v, __m512 t) {
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp2_tab_ps(t, _mm512_setzero_ps())));
 }
 
-/* Row p's output into o. With nx, also the sums of row pn (S values, as simam_stats_f32
+/* Row p's output into o (o may be p). With nx, also the sums of row pn (S values, as simam_stats_f32
  * adds them) in the same loop: the gate is compute-bound (the FP add pipes: table
  * index, rounding, 2^n scaling, 1 + 2^t) while the sums alone are bound by their
  * reductions' latency; a row's sums, its mean and a then gate the next row's loop.
  * Taking row r + 1's sums inside row r's loop overlaps the two. always_inline: the
  * nx == NULL calls lose the sums' code. */
-static inline __attribute__((always_inline)) void simam_apply_f32(const float *restrict p, float *restrict o, int64_t S,
+static inline __attribute__((always_inline)) void simam_apply_f32(const float *p, float *o, int64_t S,
                                                                   float mu, float al, float bl, simam_sums *nx,
                                                                   const float *restrict pn) {
     const float sa = sqrtf(al); /* al > 0: lam > 0 */
@@ -287,8 +287,8 @@ static inline __attribute__((always_inline)) void simam_apply_f32(const float *r
 
 /* SimAM's forward on rows [r0, r1) (see simam_fwd in gates_impl.h), each row's output
  * loop taking the next row's sums. a as the generic code computes it. */
-static void simam_rows_f32(const float *restrict x, int64_t r0, int64_t r1, int64_t S, float lam,
-                           float *restrict out, float *restrict aout) {
+static void simam_rows_f32(const float *x, int64_t r0, int64_t r1, int64_t S, float lam, float *out,
+                           float *restrict aout) { /* out may be x: row r + 1 is read before it is written */
     const float log2e = (float)1.4426950408889634;
     float mu, q;
     simam_sums nx;

@@ -329,8 +329,8 @@ void NAME(grad_input)(const T *restrict dy, const T *restrict x, const T *restri
 /* SimAM, per row: mu = mean, v = sum (x - mu)^2 / (S - 1), a = 1 / (4 (v + lam)), */
 /* y = x * sigmoid(a (x - mu)^2 + 0.5). Row-local: each row is read twice (the    */
 /* second time from cache). SIMAM_ROWS, if defined, runs a block of rows.          */
-WIDE void NAME(simam_fwd)(const T *restrict x, int64_t rows, int64_t S, T lam, T *restrict out, T *restrict aout,
-                     int nth) {
+WIDE void NAME(simam_fwd)(const T *x, int64_t rows, int64_t S, T lam, T *out, T *restrict aout,
+                     int nth) { /* out may be x */
 #ifdef SIMAM_ROWS
     /* one block of consecutive rows per thread, the split of schedule(static) */
     #pragma omp parallel for num_threads(nth) schedule(static)
@@ -650,10 +650,11 @@ static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t 
 
 /* o[h, w] = p[h, w] * a[h] * q[w] for one H x W plane. Rows of at least VL values in
  * explicit vectors; a row's last vector is stored at W - VL, rewriting lanes of the
- * previous vector with the same values (no scalar remainder). */
-static inline __attribute__((always_inline)) void NAME(scale_plane)(const T *restrict p, const T *restrict a,
+ * previous vector with the same values (no scalar remainder). o may be p itself: the
+ * last vector's input is loaded before the row's other stores. */
+static inline __attribute__((always_inline)) void NAME(scale_plane)(const T *p, const T *restrict a,
                                                                    const T *restrict q, int64_t H, int64_t W,
-                                                                   int64_t nf, T *restrict o) {
+                                                                   int64_t nf, T *o) {
     vec qv[MAXV + 1];
     for (int64_t k = 0; k < nf; k++) qv[k] = NAME(vload)(q + k * VL);
     qv[nf] = NAME(vload)(q + W - VL);
@@ -661,13 +662,14 @@ static inline __attribute__((always_inline)) void NAME(scale_plane)(const T *res
     for (int64_t h = 0; h < H; h++) {
         T ah = a[h];
         const T *ph = p + h * W; T *oh = o + h * W;
+        vec tail = NAME(vload)(ph + W - VL);
         for (int64_t k = 0; k < nf; k++) NAME(vstore)(oh + k * VL, NAME(vload)(ph + k * VL) * ah * qv[k]);
-        if (has_tail) NAME(vstore)(oh + W - VL, NAME(vload)(ph + W - VL) * ah * qv[nf]);
+        if (has_tail) NAME(vstore)(oh + W - VL, tail * ah * qv[nf]);
     }
 }
 
-static inline void NAME(outer_scale_plane)(const T *restrict p, const T *restrict a, const T *restrict q, int64_t H,
-                                           int64_t W, T *restrict o) {
+static inline void NAME(outer_scale_plane)(const T *p, const T *restrict a, const T *restrict q, int64_t H,
+                                           int64_t W, T *o) { /* o may be p */
     int64_t nf = W / VL;
     if (nf == 0 || nf > MAXV) {
         for (int64_t h = 0; h < H; h++) {
@@ -841,9 +843,10 @@ void NAME(triplet_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W,
 
 /* one (b, c) row of triplet_scale; restrict-qualified parameters survive inlining
  * (the OpenMP-outlined loop bodies lose them), so the short W loops need no
- * run-time alias checks */
-static inline void NAME(triplet_scale_row)(const T *restrict p, const T *restrict a, const T *restrict bh,
-                                           const T *restrict q, int64_t H, int64_t W, T k, T *restrict o) {
+ * run-time alias checks. o may be p itself (not restrict): the last vector's input,
+ * which overlaps the one before, is loaded before the row's stores. */
+static inline void NAME(triplet_scale_row)(const T *p, const T *restrict a, const T *restrict bh,
+                                           const T *restrict q, int64_t H, int64_t W, T k, T *o) {
     int64_t nf = W / VL;
     if (nf > 0 && nf <= MAXV) { /* explicit vectors, the last one at W - VL (as outer_scale_plane) */
         vec av[MAXV + 1];
@@ -853,11 +856,12 @@ static inline void NAME(triplet_scale_row)(const T *restrict p, const T *restric
         for (int64_t h = 0; h < H; h++) {
             T c0 = bh[h];
             const T *ph = p + h * W, *qh = q ? q + h * W : NULL; T *oh = o + h * W;
+            vec tail = NAME(vload)(ph + W - VL);
             for (int64_t j = 0; j < nv; j++) {
                 int64_t off = j < nf ? j * VL : W - VL;
                 vec g = av[j] + c0;
                 if (qh) g += NAME(vload)(qh + off);
-                NAME(vstore)(oh + off, NAME(vload)(ph + off) * (g * k));
+                NAME(vstore)(oh + off, (j < nf ? NAME(vload)(ph + off) : tail) * (g * k));
             }
         }
         return;
@@ -869,8 +873,8 @@ static inline void NAME(triplet_scale_row)(const T *restrict p, const T *restric
     }
 }
 
-void NAME(triplet_scale)(const T *restrict x, const T *restrict acw, const T *restrict ahc, const T *restrict ahw, int64_t B, int64_t C,
-                         int64_t H, int64_t W, T k, T *restrict out, int nth) {
+void NAME(triplet_scale)(const T *x, const T *restrict acw, const T *restrict ahc, const T *restrict ahw, int64_t B, int64_t C,
+                         int64_t H, int64_t W, T k, T *out, int nth) { /* out may be x */
     #pragma omp parallel for num_threads(nth) schedule(static)
     for (int64_t r = 0; r < B * C; r++)
         NAME(triplet_scale_row)(x + r * H * W, acw + r * W, ahc + r * H, ahw ? ahw + (r / C) * H * W : NULL,
