@@ -619,10 +619,12 @@ def test_capture_maps_on_attached_model():
 
 def test_torch_export_of_attached_model():
     m = create_model("resnet8", attention="se", num_classes=3).eval()
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     randomize(m, seed=9)
     out = torch.export.export(m, (x,)).module()(x)
-    torch.testing.assert_close(out, m(x))
+    # the exported graph runs the plain ops, eager the native kernels: float32 rounding
+    # in a different order, grown over 8 layers of random weights (outputs up to ~400)
+    torch.testing.assert_close(out, m(x), rtol=1e-4, atol=1e-4)
     plain = copy.deepcopy(m)
     detach(plain)
     assert not torch.allclose(out, plain(x))  # the hooked modules are in the exported graph

@@ -197,6 +197,31 @@ def test_eval_kernels_write_over_their_input_with_the_same_values(key, opts, thr
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streaming_product_writes_the_same_values(dtype):
+    """gate_eval writes Y with streaming stores when X and Y exceed the last-level cache.
+    With the threshold at 1 byte every call streams: the values are those of the regular
+    stores (within an ulp: the order of the product), for every product mode (scSE's max merge keeps regular stores),
+    rows that start off a 64-byte line (S = 30) and whole-line rows, and a leftover sample."""
+    lib = native._load()
+    assert native.llc_bytes() is None or native.llc_bytes() >= 1 << 16
+    for key, opts in [("se", {}), ("cbam", {"reduction": 4}), ("scse", {"merge": "sum"}), ("scse", {}),
+                      ("cbam_spatial", {}), ("sse", {})]:
+        m = _module(key, opts, dtype).eval()
+        for size in [(5, 6), (8, 8), (9, 17)]:
+            x = torch.randn(3, 16, *size, dtype=dtype)
+            with torch.no_grad():
+                ref = m(x)
+                lib.convattn_set_stream_min_bytes(1)
+                try:
+                    y = m(x)
+                finally:
+                    lib.convattn_set_stream_min_bytes(native.llc_bytes() or 0)
+            # the same products, up to the order of (x a) q, which the compiler may choose
+            torch.testing.assert_close(y, ref, rtol=2.5e-7 if dtype == torch.float32 else 0, atol=0,
+                                       msg=f"{key} {opts} {size}")
+
+
 @pytest.mark.parametrize("key", ["se", "cbam", "scse", "simam", "coord", "triplet"])
 def test_native_gradcheck(key):
     m = _module(key, {"reduction": 4} if key == "cbam" else {}, torch.float64).train()

@@ -59,7 +59,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     # 256-bit vectors: the rows here are often short (7 to 56 values), where 512-bit
     # loops spend most of their time in scalar remainders (measured: 1.4x faster pools)
     FLAGS += ("-mprefer-vector-width=256",)
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -185,6 +185,8 @@ def _load() -> ctypes.CDLL | None:
                 lib.convattn_schunk.restype = ctypes.c_longlong
                 if lib.convattn_abi_version() != ABI_VERSION:
                     raise RuntimeError("stale kernel library")
+                lib.convattn_set_stream_min_bytes.argtypes = [ctypes.c_longlong]
+                lib.convattn_set_stream_min_bytes(llc_bytes() or 0)
                 for base, argtypes in _SIGNATURES.items():
                     for suffix, real in _SUFFIX.values():
                         fn = getattr(lib, f"{base}_{suffix}")
@@ -201,6 +203,24 @@ def _load() -> ctypes.CDLL | None:
                 stacklevel=3,
             )
         return _lib
+
+
+def llc_bytes() -> int | None:
+    """The largest data cache of CPU 0 in bytes (Linux sysfs), None if unknown. Eval
+    kernels whose input and output together exceed it write the output with streaming
+    stores (it would be evicted before the next layer reads it anyway)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    best = None
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (d / "type").read_text().strip() == "Instruction":
+                continue
+            size = (d / "size").read_text().strip()
+            n = int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+        except (OSError, ValueError):
+            continue
+        best = n if best is None else max(best, n)
+    return best
 
 
 def available() -> bool:

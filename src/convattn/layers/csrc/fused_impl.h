@@ -19,8 +19,9 @@ static void NAME(bn_fold)(const T *w, const T *b, const T *mean, const T *var, d
 }
 
 /* xb and ob may be the same array (plans.run in place): each y is written after
- * every read of x (the pools), by scale_row's elementwise loop */
-static void NAME(gate_eval_sample)(const T *xb, const gate_eval_args *a, T *ob, T *restrict ws) {
+ * every read of x (the pools), by scale_row's elementwise loop. stream: Y with
+ * streaming stores where the type has them (see stream_min_bytes). */
+static void NAME(gate_eval_sample)(const T *xb, const gate_eval_args *a, T *ob, T *restrict ws, int stream) {
     int64_t C = a->C, S = a->S;
     T *avg = ws, *mx = ws + C, *gcb = ws + 2 * C, *pm = ws + 3 * C, *px = pm + S, *gsb = px + S;
     T *cws = gsb + S;
@@ -52,14 +53,25 @@ static void NAME(gate_eval_sample)(const T *xb, const gate_eval_args *a, T *ob, 
         for (int64_t s = 0; s < S; s++) gsb[s] = (T)1 / ((T)1 + EXP(-(pm[s] * (T)C + shift)));
         gs = gsb;
     }
+#ifdef SCALE_ROW_STREAM
+    if (stream) {
+        for (int64_t c = 0; c < C; c++)
+            if (!SCALE_ROW_STREAM(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S))
+                NAME(scale_row)(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S);
+        _mm_sfence();
+        return;
+    }
+#else
+    (void)stream;
+#endif
     for (int64_t c = 0; c < C; c++)
         NAME(scale_row)(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S);
 }
 
-struct NAME(ge_ctx) { const T *x; const gate_eval_args *a; T *out; int64_t per; };
+struct NAME(ge_ctx) { const T *x; const gate_eval_args *a; T *out; int64_t per; int stream; };
 static void NAME(gate_eval_task)(int64_t b, const void *p, void *ws) {
     const struct NAME(ge_ctx) *c = p;
-    NAME(gate_eval_sample)(c->x + b * c->per, c->a, c->out + b * c->per, ws);
+    NAME(gate_eval_sample)(c->x + b * c->per, c->a, c->out + b * c->per, ws, c->stream);
 }
 
 /* returns 0, or 1 when a workspace could not be allocated (out is then incomplete);
@@ -72,7 +84,9 @@ int NAME(gate_eval)(const T *x, const gate_eval_args *args, T *out, int nth) {
     int64_t B = a->B, C = a->C, S = a->S, per = C * S;
     int64_t nws = 3 * C + 3 * S + (a->sp_kind == GE_SP_CONV ? NAME(conv2d_ws)(a->H, a->W, a->k2) : 0);
     int64_t nfull = whole_samples(B, nth);
-    struct NAME(ge_ctx) ctx = {x, a, out, per};
+    /* X and a new Y beyond the last-level cache: stream Y (in place, Y's lines are X's, already cached) */
+    int stream = out != x && B * per > stream_min_bytes / (int64_t)(2 * sizeof(T));
+    struct NAME(ge_ctx) ctx = {x, a, out, per, stream};
     int failed = run_samples(nfull, (size_t)nws * sizeof(T), NAME(gate_eval_task), &ctx, nth);
     int64_t rest = B - nfull;
     if (rest == 0 || failed) return failed;

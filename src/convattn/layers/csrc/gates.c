@@ -45,6 +45,13 @@ static void *thread_scratch(size_t bytes) {
     return buf;
 }
 
+/* gate_eval streams Y to memory (scale_row_stream_f32) when X and Y together exceed
+ * this many bytes, i.e. do not fit the last-level cache: Y would be evicted before the
+ * next layer reads it, and the write-allocate reads are a third of the product's
+ * traffic. Set by the loader from the cache size; off until then. */
+static int64_t stream_min_bytes = INT64_MAX;
+void convattn_set_stream_min_bytes(long long n) { stream_min_bytes = n > 0 ? (int64_t)n : INT64_MAX; }
+
 /* compute-bound loops (exp per element) may use the full vector width */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WIDE __attribute__((target("prefer-vector-width=512")))
@@ -308,6 +315,33 @@ static void simam_rows_f32(const float *x, int64_t r0, int64_t r1, int64_t S, fl
     }
 }
 
+/* scale_row's product (modes 0 and 1, or no spatial gate) with streaming stores: Y
+ * goes to memory without its lines being read into the caches first (write-allocate)
+ * and without evicting X. Only for Y that would not stay cached for its reader anyway
+ * (gate_eval decides). Returns 0, having done nothing, for mode 2 or a misaligned o.
+ * The caller fences (_mm_sfence) before anything reads Y. */
+static int scale_row_stream_f32(const float *p, float a, const float *restrict q, int64_t S, int mode, float *o) {
+    if ((q && mode == 2) || ((uintptr_t)o & 3u)) return 0;
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t head = imin64(S, (int64_t)(((64u - ((uintptr_t)o & 63u)) & 63u) / 4u)); /* to a 64-byte line */
+#define SCALE_Y(v, at, m) (!q ? _mm512_mul_ps(v, va)                                                      \
+                           : mode == 0 ? _mm512_mul_ps(v, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, q + (at)))) \
+                                       : _mm512_mul_ps(v, _mm512_add_ps(va, _mm512_maskz_loadu_ps(m, q + (at)))))
+    if (head) {
+        __mmask16 m = tail16(head);
+        _mm512_mask_storeu_ps(o, m, SCALE_Y(_mm512_maskz_loadu_ps(m, p), 0, m));
+    }
+    int64_t i = head;
+    for (; i + 16 <= S; i += 16)
+        _mm512_stream_ps(o + i, SCALE_Y(_mm512_loadu_ps(p + i), i, (__mmask16)0xFFFF));
+    if (i < S) {
+        __mmask16 m = tail16(S - i);
+        _mm512_mask_storeu_ps(o + i, m, SCALE_Y(_mm512_maskz_loadu_ps(m, p + i), i, m));
+    }
+#undef SCALE_Y
+    return 1;
+}
+
 /* sigmoid(g) = 1 / (1 + 2^t), t = -g log2 e, in place, with exp2_tab_ps (the generic
  * loop, Cephes' exp, took half of coord's gate network). t is carried as t + t_lo (the
  * product's rounding error by an FMA, and log2 e's own): for g << 0, where sigmoid is
@@ -394,6 +428,7 @@ typedef struct {
 #define EXP2NEG exp2neg_f32
 #ifdef HAVE_AVX512_F32 /* the float-only paths above replace these generic loops */
 #define SIMAM_ROWS simam_rows_f32
+#define SCALE_ROW_STREAM scale_row_stream_f32
 #define SIGMOID_INPLACE sigmoid_inplace_avx512
 #endif
 #define SQRT sqrtf
@@ -408,6 +443,7 @@ typedef struct {
 #undef SQRT
 #undef EXP2NEG
 #undef SIMAM_ROWS
+#undef SCALE_ROW_STREAM
 #undef SIGMOID_INPLACE
 #undef IT
 #undef LANES
@@ -432,11 +468,12 @@ typedef struct {
 #undef SQRT
 #undef EXP2NEG
 #undef SIMAM_ROWS
+#undef SCALE_ROW_STREAM
 #undef SIGMOID_INPLACE
 #undef IT
 #undef LANES
 #undef SUF
 #undef EXP
 
-int convattn_abi_version(void) { return 3; }
+int convattn_abi_version(void) { return 4; }
 long long convattn_schunk(void) { return SCHUNK; }
