@@ -695,7 +695,8 @@ def test_no_overwrite_with_autograd_or_a_wrapped_module(monkeypatch):
     seen = _spy_runs(monkeypatch)
     y = m(x)
     y.sum().backward()
-    assert not any(seen) and all(p.grad is not None for p in m.parameters())
+    # with autograd the whole-module kernels, and so the overwrite, are not used at all
+    assert seen == [] and all(p.grad is not None for p in m.parameters())
 
     plain = randomize(create_model("resnet18")).eval()
     wrapped = copy.deepcopy(plain)

@@ -247,7 +247,8 @@ def usable(x: torch.Tensor, contiguous: bool = True) -> bool:
     ``contiguous=False`` for a tensor the caller copies into a contiguous one."""
     if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()):
         return False
-    if _off_depth or _graph_capture() or x.dim() < 2 or x.numel() == 0 or not enabled():  # numel: traced
+    # graph capture first: under jit.trace numel() is traced, and comparing it would warn
+    if _off_depth or _graph_capture() or x.dim() < 2 or x.numel() == 0 or not enabled():
         return False
     return _lib is not None or _load() is not None
 

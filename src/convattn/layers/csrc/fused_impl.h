@@ -53,19 +53,18 @@ static void NAME(gate_eval_sample)(const T *xb, const gate_eval_args *a, T *ob, 
         for (int64_t s = 0; s < S; s++) gsb[s] = (T)1 / ((T)1 + EXP(-(pm[s] * (T)C + shift)));
         gs = gsb;
     }
+    for (int64_t c = 0; c < C; c++) {
+        const T *p = xb + c * S; T g = gc ? gc[c] : (T)1; T *o = ob + c * S;
 #ifdef SCALE_ROW_STREAM
-    if (stream) {
-        for (int64_t c = 0; c < C; c++)
-            if (!SCALE_ROW_STREAM(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S))
-                NAME(scale_row)(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S);
-        _mm_sfence();
-        return;
+        if (stream && SCALE_ROW_STREAM(p, g, gs, S, (int)a->mode, o)) continue;
+#endif
+        NAME(scale_row)(p, g, gs, S, (int)a->mode, o);
     }
+#ifdef SCALE_ROW_STREAM
+    if (stream) _mm_sfence(); /* the streamed Y before anyone reads it */
 #else
     (void)stream;
 #endif
-    for (int64_t c = 0; c < C; c++)
-        NAME(scale_row)(xb + c * S, gc ? gc[c] : (T)1, gs, S, (int)a->mode, ob + c * S);
 }
 
 struct NAME(ge_ctx) { const T *x; const gate_eval_args *a; T *out; int64_t per; int stream; };
