@@ -212,13 +212,18 @@ static inline void simam_sums_finish(const simam_sums *a, const float *restrict 
     *q_out = qq;
 }
 
+/* the whole row p into a, in the order simam_apply_f32's loop adds it */
+static inline void simam_sums_row(simam_sums *a, const float *restrict p, int64_t n) {
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 4; k++) simam_sums_add(a, k, _mm512_loadu_ps(p + i + 16 * k));
+    for (; i < n; i += 16) simam_sums_add_tail(a, tail16(n - i), p + i);
+}
+
 static void simam_stats_f32(const float *restrict p, int64_t n, float *mu_out, float *q_out) {
     simam_sums a;
-    int64_t i = 0;
     simam_sums_begin(&a, p, n);
-    for (; i + 64 <= n; i += 64)
-        for (int k = 0; k < 4; k++) simam_sums_add(&a, k, _mm512_loadu_ps(p + i + 16 * k));
-    for (; i < n; i += 16) simam_sums_add_tail(&a, tail16(n - i), p + i);
+    simam_sums_row(&a, p, n);
     simam_sums_finish(&a, p, n, mu_out, q_out);
 }
 
@@ -263,11 +268,7 @@ static inline __attribute__((always_inline)) void simam_apply_f32(const float *p
             __m512 v = _mm512_maskz_loadu_ps(m, p + i), w = _mm512_mul_ps(_mm512_sub_ps(v, vmu), vs);
             _mm512_mask_storeu_ps(o + i, m, simam_y(v, _mm512_max_ps(lo, _mm512_fnmsub_ps(w, w, vbl))));
         }
-        if (nx) {
-            for (i = 0; i + 64 <= S; i += 64)
-                for (int k = 0; k < 4; k++) simam_sums_add(nx, k, _mm512_loadu_ps(pn + i + 16 * k));
-            for (; i < S; i += 16) simam_sums_add_tail(nx, tail16(S - i), pn + i);
-        }
+        if (nx) simam_sums_row(nx, pn, S);
         return;
     }
     /* Otherwise t is finite: |d sqrt(al)| <= sqrt(S) / 2 up to mu sqrt(al)'s rounding
@@ -410,6 +411,19 @@ typedef struct {
     double s_eps;
     const void *lb;
 } gate_eval_args;
+
+/* CALL(n) with n = nf as a constant for the common row widths (1-4 and 7 vectors:
+ * 8-32 and 56 floats), so that arrays indexed by the vector number stay in registers;
+ * CALL(nf) otherwise */
+#define WITH_CONST_NF(nf, CALL)                     \
+    switch (nf) {                                   \
+    case 1: CALL(1); break;                         \
+    case 2: CALL(2); break;                         \
+    case 3: CALL(3); break;                         \
+    case 4: CALL(4); break;                         \
+    case 7: CALL(7); break;                         \
+    default: CALL(nf);                              \
+    }
 
 #ifndef VBYTES
 #define VBYTES 32 /* explicit vectors: 8 floats / 4 doubles (AVX2, two NEON registers) */

@@ -638,14 +638,9 @@ static inline void NAME(coord_pool_row)(const T *restrict p, int64_t H, int64_t 
      * in registers (with nf a variable they went through the stack every sweep).
      * 28 x 28 planes, Zen 4: 1 thread in L2, 100-107 -> 83-84 ns per plane; the
      * whole (8, 256, 28, 28) pool on 2 threads 96 -> 74 us (torch's mean: 49) */
-    switch (nf) {
-    case 1: NAME(pool_plane)(p, H, W, 1, a, bw); break;
-    case 2: NAME(pool_plane)(p, H, W, 2, a, bw); break;
-    case 3: NAME(pool_plane)(p, H, W, 3, a, bw); break;
-    case 4: NAME(pool_plane)(p, H, W, 4, a, bw); break;
-    case 7: NAME(pool_plane)(p, H, W, 7, a, bw); break;
-    default: NAME(pool_plane)(p, H, W, nf, a, bw);
-    }
+#define POOL_PLANE(n) NAME(pool_plane)(p, H, W, n, a, bw)
+    WITH_CONST_NF(nf, POOL_PLANE);
+#undef POOL_PLANE
 }
 
 /* o[h, w] = p[h, w] * a[h] * q[w] for one H x W plane. Rows of at least VL values in
@@ -662,7 +657,7 @@ static inline __attribute__((always_inline)) void NAME(scale_plane)(const T *p, 
     for (int64_t h = 0; h < H; h++) {
         T ah = a[h];
         const T *ph = p + h * W; T *oh = o + h * W;
-        vec tail = NAME(vload)(ph + W - VL);
+        vec tail = has_tail ? NAME(vload)(ph + W - VL) : qv[nf];
         for (int64_t k = 0; k < nf; k++) NAME(vstore)(oh + k * VL, NAME(vload)(ph + k * VL) * ah * qv[k]);
         if (has_tail) NAME(vstore)(oh + W - VL, tail * ah * qv[nf]);
     }
@@ -678,14 +673,9 @@ static inline void NAME(outer_scale_plane)(const T *p, const T *restrict a, cons
         }
         return;
     }
-    switch (nf) { /* constant nf for the common widths, as coord_pool_row */
-    case 1: NAME(scale_plane)(p, a, q, H, W, 1, o); break;
-    case 2: NAME(scale_plane)(p, a, q, H, W, 2, o); break;
-    case 3: NAME(scale_plane)(p, a, q, H, W, 3, o); break;
-    case 4: NAME(scale_plane)(p, a, q, H, W, 4, o); break;
-    case 7: NAME(scale_plane)(p, a, q, H, W, 7, o); break;
-    default: NAME(scale_plane)(p, a, q, H, W, nf, o);
-    }
+#define SCALE_PLANE(n) NAME(scale_plane)(p, a, q, H, W, n, o)
+    WITH_CONST_NF(nf, SCALE_PLANE); /* as coord_pool_row */
+#undef SCALE_PLANE
 }
 
 void NAME(coord_pool)(const T *restrict x, int64_t rows, int64_t H, int64_t W, T *restrict z, int nth) {
@@ -856,7 +846,7 @@ static inline void NAME(triplet_scale_row)(const T *p, const T *restrict a, cons
         for (int64_t h = 0; h < H; h++) {
             T c0 = bh[h];
             const T *ph = p + h * W, *qh = q ? q + h * W : NULL; T *oh = o + h * W;
-            vec tail = NAME(vload)(ph + W - VL);
+            vec tail = nv > nf ? NAME(vload)(ph + W - VL) : av[nf];
             for (int64_t j = 0; j < nv; j++) {
                 int64_t off = j < nf ? j * VL : W - VL;
                 vec g = av[j] + c0;
