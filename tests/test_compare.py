@@ -69,7 +69,13 @@ def test_report_numbers_equal_metrics_json(run):
         assert acc == round(v["accuracy_mean"] * 100, 2) and std == round(v["accuracy_std"] * 100, 2)
         assert row["params"].replace(",", "") == str(v["params"])
         assert float(row["MFLOPs"]) == round(v["flops"] / 1e6, 2)
-        assert float(row["latency ms/img"]) == round(v["latency_s"] * 1e3, 3)
+        if name == "none":
+            assert row["latency vs baseline"] == f"1 ({v['latency_s'] * 1e3:.3f} ms/img)"
+        else:
+            lat = v["latency"]
+            assert row["latency vs baseline"] == ("noise" if lat["noise"] else
+                                                  f"{lat['ratio']:.2f}x [{lat['low']:.2f}-{lat['high']:.2f}]")
+            assert len(v["latency_rounds_s"]) == lat["rounds"] >= 5
         # each seed's accuracy is its last epoch's test accuracy
         assert [h[-1]["test_accuracy"] for h in v["history"]] == v["accuracy"]
     # channel-free baseline has no spatial map and says so; cbam has scores in [0, 1]
@@ -79,10 +85,49 @@ def test_report_numbers_equal_metrics_json(run):
     assert float(table["cbam"]["energy in box"]) == round(loc["energy_in_box"], 3)
     assert 0 <= loc["pointing_game"] <= 1 and 0 <= loc["energy_in_box"] <= 1
     vs = m["variants"]["cbam"]["vs_baseline"]
-    assert float(table["cbam"]["Δ vs baseline (points)"]) == round(vs["diff"], 2)
-    assert vs["diff"] == pytest.approx((m["variants"]["cbam"]["accuracy_mean"] - m["variants"]["none"]["accuracy_mean"]) * 100)
-    assert vs["statement"] in md and "little" in md and "power" in md
+    assert table["cbam"]["Δ vs baseline, points [95 % CI]"] == (
+        f"{vs['mean']:+.2f} [{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]" if vs["ci_low"] is not None else f"{vs['mean']:+.2f}")
+    per_seed = [(a - b) * 100 for a, b in zip(m["variants"]["cbam"]["accuracy"], m["variants"]["none"]["accuracy"],
+                                               strict=True)]
+    assert vs["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert vs["statement"] in md and "80 % power" in md
     assert re.search(r"parameters|Params", md)
+
+
+def test_one_epoch_is_reported_as_not_converged(run):
+    m = json.loads((run / "metrics.json").read_text())
+    md = (run / "report.md").read_text()
+    assert m["converged"] is False and m["not_converged"] == ["none", "cbam"]
+    assert all(v["converged"] is False and "at least 4" in v["plateau"]["reason"] for v in m["variants"].values())
+    first = [ln for ln in md.splitlines()[1:] if ln.strip()][0]
+    assert "Not converged: these differences measure how fast each variant learns, not where it ends" in first
+    assert m["convergence_rule"] in md
+    assert parse_table(md)["none"]["plateaued"] == "NO"
+
+
+def test_terminal_summary_says_not_converged(tmp_path, cache, capsys):
+    threads = torch.get_num_threads()
+    code = main(["compare", "--variants", "none,se", "--seeds", "2", *TINY, "--cache-dir", cache,
+                 "--out", str(tmp_path / "r")])
+    torch.set_num_threads(threads)
+    assert code == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "not converged: these differences measure how fast each variant learns, not where it ends" in out
+    assert "se: " in out and "points" in out
+
+
+def test_python_api_result_equals_metrics_json(tmp_path, cache):
+    import convattn
+
+    threads = torch.get_num_threads()
+    res = convattn.compare(["none", "eca"], seeds=2, out=tmp_path / "api", epochs=1, train_size=64, test_size=32,
+                           image_size=16, batch_size=16, threads=1, localisation_images=32, gallery_images=3,
+                           cache_dir=cache)
+    torch.set_num_threads(threads)
+    assert res.summary == json.loads((tmp_path / "api" / "metrics.json").read_text())
+    assert res.run_dir == tmp_path / "api" and not res.converged
+    assert res.accuracy("eca")[0] == res.summary["variants"]["eca"]["accuracy_mean"]
+    assert res.difference("eca")["statement"].startswith("eca: ")
 
 
 def test_csv_has_one_row_per_training(run):

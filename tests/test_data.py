@@ -93,7 +93,7 @@ def test_boxes_masks_and_labels_match_the_placed_digit(small, sources):
 
 
 def test_multi_digit_canvases():
-    cfg = ClutteredConfig(min_digits=1, max_digits=3, train_size=40, test_size=10, clutter=4, seed=1)
+    cfg = ClutteredConfig(canvas=64, min_digits=1, max_digits=3, train_size=40, test_size=10, clutter=4, seed=1)
     d = generate(cfg)["train"]
     digits, labels = load_source_digits()
     counts = (d["sources"] >= 0).sum(1)
@@ -135,9 +135,9 @@ def test_cache_roundtrip_and_location(tmp_path, monkeypatch):
 def test_bundle_resizes_images_and_boxes(tmp_path):
     cfg = ClutteredConfig(train_size=30, test_size=10)
     full = load_data("cluttered-mnist", cache=tmp_path, cluttered=cfg)
-    half = load_data("cluttered-mnist", cache=tmp_path, cluttered=cfg, image_size=32, train_size=20)
-    assert full.train.tensors["image"].shape == (30, 1, 64, 64) and full.in_chans == 1 and full.num_classes == 10
-    assert half.train.tensors["image"].shape == (20, 1, 32, 32) and len(half.test) == 10
+    half = load_data("cluttered-mnist", cache=tmp_path, cluttered=cfg, image_size=24, train_size=20)
+    assert full.train.tensors["image"].shape == (30, 1, 48, 48) and full.in_chans == 1 and full.num_classes == 10
+    assert half.train.tensors["image"].shape == (20, 1, 24, 24) and len(half.test) == 10
     assert torch.equal(half.train.tensors["box"], full.train.tensors["box"][:20] / 2)
     x = full.train.tensors["image"]
     assert abs(float(x.mean())) < 0.2 and 0.7 < float(x.std()) < 1.3  # roughly standardised

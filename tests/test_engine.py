@@ -9,7 +9,6 @@ import torch
 
 from convattn.data import ClutteredConfig, load_data
 from convattn.engine import ClassificationTask, TrainConfig, fit, load_checkpoint
-from convattn.engine.report import mean_std, welch
 from convattn.engine.trainer import lr_at
 from convattn.explain import box_area_fraction, energy_in_box, pointing_game, spatial_attention
 
@@ -147,23 +146,6 @@ def test_spatial_attention_of_models(data):
     assert spatial_attention(plain.model, x) is None
     channel_only = fit(cfg(epochs=1, attention="se"), data)
     assert spatial_attention(channel_only.model, x) is None
-
-
-def test_welch_statements():
-    m, s = mean_std([0.9, 0.8, 0.7])
-    assert m == pytest.approx(0.8) and s == pytest.approx(0.1)
-    far = welch([0.90, 0.91, 0.92], [0.70, 0.71, 0.72], "cbam", "none")
-    assert far["outside_noise"] is True and far["diff"] == pytest.approx(20.0)
-    assert "outside the seed-to-seed noise" in far["statement"] and "better" in far["statement"]
-    from scipy.stats import ttest_ind
-
-    near = welch([0.80, 0.84, 0.78], [0.81, 0.79, 0.83], "se", "none")
-    assert near["p_value"] == pytest.approx(ttest_ind([0.80, 0.84, 0.78], [0.81, 0.79, 0.83], equal_var=False).pvalue)
-    assert near["outside_noise"] is False and "within the seed-to-seed noise" in near["statement"]
-    one = welch([0.8], [0.7], "se", "none")
-    assert one["p_value"] is None and "needs >= 2 seeds" in one["statement"]
-    flat = welch([0.5, 0.5], [0.6, 0.6], "se", "none")
-    assert flat["p_value"] is None and "undefined" in flat["statement"]
 
 
 def test_flops_count_the_native_small_map_conv():

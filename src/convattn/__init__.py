@@ -40,6 +40,7 @@ __all__ = [
     "attach",
     "attached",
     "capture_maps",
+    "compare",
     "create_attention",
     "create_model",
     "describe",
@@ -55,3 +56,10 @@ __all__ = [
 ]
 
 from . import attention as _attention  # noqa: E402,F401  (registers the zoo)
+
+
+def compare(*args, **kwargs):
+    """Compare attention variants over paired seeds; see :func:`convattn.engine.jobs.compare`."""
+    from .engine.jobs import compare as _compare  # the job's dependencies load only when it runs
+
+    return _compare(*args, **kwargs)

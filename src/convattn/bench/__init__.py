@@ -20,7 +20,7 @@ from .measure import (
     time_interleaved,
 )
 from .options import DTYPES, parse_dtype, parse_names, parse_shape, parse_shapes
-from .report import markdown, new_run_dir, plot, print_table, write_outputs
+from .report import markdown, plot, print_table, write_outputs
 from .runner import run_models, run_modules
 from .targets import TIMM_PEERS, Floor, build
 
@@ -34,7 +34,6 @@ __all__ = [
     "count_params",
     "make_input",
     "markdown",
-    "new_run_dir",
     "parse_dtype",
     "parse_names",
     "parse_shape",

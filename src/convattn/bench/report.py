@@ -216,26 +216,12 @@ def plot(result: dict, path: str | Path) -> Path:
     return path
 
 
-def new_run_dir(base: str | Path = "runs", prefix: str = "bench") -> Path:
-    """A fresh folder ``base/prefix-YYYYmmdd-HHMMSS[-N]`` (never an existing one)."""
-    import datetime as dt
-
-    base = Path(base)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    cand = base / f"{prefix}-{stamp}"
-    n = 2
-    while cand.exists():
-        cand = base / f"{prefix}-{stamp}-{n}"
-        n += 1
-    return cand
-
-
 def write_outputs(result: dict, out_dir: str | Path, title: str | None = None, extra_md: str = "") -> dict[str, Path]:
-    """Write bench.json, bench.md and bench.png into the new folder ``out_dir``."""
+    """Write bench.json, bench.md and bench.png into ``out_dir`` (new, or an empty folder)."""
     out = Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"output folder {out} already exists; choose another --out (results are never overwritten)")
-    out.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output folder {out} is not empty; choose another --out (results are never overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "bench.json", "md": out / "bench.md", "png": out / "bench.png"}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")
     paths["md"].write_text(markdown(result, title, extra_md))

@@ -79,16 +79,14 @@ def _validate(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from rich.console import Console
 
-    from ..bench import new_run_dir, print_table, run_models, run_modules, write_outputs
+    from ..bench import print_table, run_models, run_modules, write_outputs
+    from ..runs.folders import check_out_free, new_run_dir
 
     modes, names, shapes = _validate(args)  # every bad option fails here, before any work
-    out = Path(args.out) if args.out else new_run_dir("runs", "bench")
-    if out.exists():
-        raise FileExistsError(f"output folder {out} already exists; choose another --out (results are never overwritten)")
+    check_out_free(args.out)
     console = Console(stderr=True)
     common = dict(dtype=args.dtype, channels_last=args.channels_last, threads=args.threads, modes=modes,
                   peers=not args.no_peers, memory=not args.no_memory, rounds=args.rounds)
@@ -103,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = run_modules(names, shapes, progress=progress, **common)
     print_table(result)
+    out = new_run_dir(args.out, "bench")  # made only once the measurements succeeded
     paths = write_outputs(result, out)
     print(f"wrote {paths['md']}, {paths['json'].name} and {paths['png'].name} in {out}")
     return 0

@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_data
     from ..engine import ClassificationTask, TrainConfig, build_model, evaluate, load_checkpoint
     from ..engine.options import check_positive
-    from ..engine.report import check_out_free, new_run_dir, write_json
     from ..explain import box_area_fraction, localisation_scores
+    from ..runs.folders import check_out_free, new_run_dir, write_json
 
     check_positive("batch-size", args.batch_size, allow_none=False)
     check_positive("test-size", args.test_size)

@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
         variants, seeds = [check_variant(args.attention)], [args.seed]
     else:
         variants, seeds = [], []
-    args.gallery_images, args.localisation_images = 6, 500
+    args.gallery_images, args.localisation_images, args.train_sizes = 6, 500, None
     return run_training_job("train", args, variants, seeds)

@@ -6,11 +6,12 @@ for the generator.
 
 from .cache import cache_dir
 from .cluttered import ClutteredConfig, generate, load_cluttered, load_source_digits, split_sources
-from .datasets import DataBundle, FolderSet, TensorSet, load_data, parse_spec
+from .datasets import DataBundle, EpochPool, FolderSet, TensorSet, load_data, parse_spec
 
 __all__ = [
     "ClutteredConfig",
     "DataBundle",
+    "EpochPool",
     "FolderSet",
     "TensorSet",
     "cache_dir",

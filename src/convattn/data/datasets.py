@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 EMBEDDED = ("cluttered-mnist", "mnist", "embedded")
 #: fixed normalisation of the embedded canvases (pixel / 255), about the mean and std of
 #: the default canvases, so that any subset (and `convattn eval`) sees the same inputs
-EMBEDDED_STATS = (0.08, 0.24)
+EMBEDDED_STATS = (0.11, 0.29)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -59,6 +59,44 @@ class TensorSet(Dataset):
         if n is None or n >= len(self):
             return self
         return TensorSet({k: t[:n] for k, t in self.tensors.items()})
+
+
+class EpochPool(Dataset):
+    """A different ``per_epoch`` samples every epoch, from a pool held in memory.
+
+    Epoch ``e`` (from 1) takes rows ``(e - 1) * per_epoch ...`` of the pool,
+    cycling when the pool runs out; ``len()`` is the per-epoch size. Tensors
+    named in ``widen`` are stored narrow and turned into int64 per epoch.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], per_epoch: int, widen: tuple[str, ...] = ()):
+        self.pool = TensorSet(tensors)
+        if not 1 <= per_epoch <= len(self.pool):
+            raise ValueError(f"EpochPool: per_epoch must be in 1..{len(self.pool)}, got {per_epoch}")
+        self.per_epoch = per_epoch
+        self.widen = widen
+
+    @property
+    def epochs(self) -> int:
+        """Epochs with samples not seen before."""
+        return len(self.pool) // self.per_epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def for_epoch(self, epoch: int) -> TensorSet:
+        start = ((epoch - 1) % self.epochs) * self.per_epoch
+        return TensorSet({k: (t[start:start + self.per_epoch].long() if k in self.widen else t[start:start + self.per_epoch])
+                          for k, t in self.pool.tensors.items()})
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.for_epoch(1)[i]
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.for_epoch(1).batch(index)
+
+    def subset(self, n: int | None) -> EpochPool:
+        return self
 
 
 class FolderSet(Dataset):
@@ -144,11 +182,15 @@ def load_data(
     test_size: int | None = None,
     cache: str | Path | None = None,
     cluttered: Any = None,
+    fresh_epochs: int | None = None,
 ) -> DataBundle:
     """Build the :class:`DataBundle` for ``spec`` (see the module docstring).
 
     ``train_size``/``test_size`` keep the first n samples of each split (a fixed
     subset, independent of the training seed, so all runs see the same data).
+    ``fresh_epochs`` (embedded set only): ``train_size`` new canvases for each of
+    that many epochs (an :class:`EpochPool`), drawn from the same training digits,
+    instead of the same canvases every epoch.
     """
     for name, v in (("image_size", image_size), ("train_size", train_size), ("test_size", test_size)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -156,14 +198,26 @@ def load_data(
     if image_size is not None and image_size < 8:
         raise ValueError(f"image-size must be >= 8 pixels, got {image_size}")
     kind, path = parse_spec(spec)
+    if fresh_epochs is not None and (isinstance(fresh_epochs, bool) or not isinstance(fresh_epochs, int)
+                                     or fresh_epochs < 1):
+        raise ValueError(f"fresh_epochs must be a positive integer, got {fresh_epochs!r}")
+    if fresh_epochs is not None and kind != "embedded":
+        raise ValueError("new canvases every epoch need the embedded data set (cluttered-mnist); "
+                         f"{spec!r} is a fixed set of images")
     if kind == "embedded":
+        from .cluttered import ClutteredConfig
+
+        d = ClutteredConfig()
+        per_epoch = train_size or d.train_size
         if cluttered is None:
             # canvases are prefix-consistent (see cluttered.make_canvases): build only what is used
-            from .cluttered import ClutteredConfig
-
-            d = ClutteredConfig()
-            cluttered = ClutteredConfig(train_size=train_size or d.train_size, test_size=test_size or d.test_size)
+            cluttered = ClutteredConfig(train_size=per_epoch * (fresh_epochs or 1), test_size=test_size or d.test_size)
         bundle = _embedded(image_size, cache, cluttered)
+        if fresh_epochs is not None:
+            t = bundle.train.tensors
+            bundle.train = EpochPool({**t, "mask": t["mask"].to(torch.uint8)}, per_epoch, widen=("mask",))
+            bundle.notes += f"; {per_epoch} new training canvases every epoch ({len(bundle.train.pool)} in all)"
+            train_size = None
     elif kind in ("cifar10", "cifar100"):
         bundle = _cifar(kind, path, image_size)
     else:
@@ -185,6 +239,22 @@ def _resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _canvas_tensors(images: np.ndarray, masks: np.ndarray, size: int, stats: tuple[float, float],
+                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 canvases and masks -> normalised (N, 1, size, size) float and (N, size, size) int64, in chunks."""
+    xs, ms = [], []
+    for i in range(0, len(images), chunk):
+        x = torch.from_numpy(images[i:i + chunk]).float().unsqueeze(1) / 255.0
+        xs.append((_resize_images(x, size) - stats[0]) / stats[1])
+        m = torch.from_numpy(masks[i:i + chunk].astype(np.int64))
+        if size != masks.shape[-1]:
+            m = F.interpolate(m[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        ms.append(m)
+    if not xs:
+        return torch.zeros(0, 1, size, size), torch.zeros(0, size, size, dtype=torch.int64)
+    return torch.cat(xs), torch.cat(ms)
+
+
 def _embedded(image_size: int | None, cache, cfg) -> DataBundle:
     from .cluttered import ClutteredConfig, load_cluttered
 
@@ -196,12 +266,7 @@ def _embedded(image_size: int | None, cache, cfg) -> DataBundle:
     stats = EMBEDDED_STATS
     for split in ("train", "test"):
         a = data[split]
-        x = torch.from_numpy(a["images"]).float().unsqueeze(1) / 255.0
-        x = _resize_images(x, size)
-        x = (x - stats[0]) / stats[1]
-        mask = torch.from_numpy(a["masks"].astype(np.int64))
-        if size != cfg.canvas:
-            mask = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        x, mask = _canvas_tensors(a["images"], a["masks"], size, stats)
         boxes = torch.from_numpy(a["boxes"].astype(np.float32)) * scale
         sets[split] = TensorSet(
             {

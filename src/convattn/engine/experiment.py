@@ -12,18 +12,28 @@ scored against the boxes, and the report is written.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..runs.report import write_report
+from ..runs.stats import (
+    NOT_CONVERGED,
+    PLATEAU_RULE,
+    compare_to_baseline,
+    latency_verdict,
+    mean_std,
+    plateau,
+)
 from . import distributed
-from .measure import count_flops, count_params, latency_per_image
+from .measure import count_flops, count_params
+from .parallel import Training, train_many
 from .progress import Progress
-from .report import mean_std, welch, write_report
 from .tasks import ClassificationTask, Task
-from .trainer import TrainConfig, fit
+from .trainer import TrainConfig
 
 BASELINE = "none"
 
@@ -46,12 +56,26 @@ def run_experiment(
     world: distributed.World | None = None,
     gallery_images: int = 6,
     localisation_images: int = 500,
-    latency_time: float = 0.3,
+    latency_rounds: int = 15,
+    latency_batch: int = 32,
+    attention_options: dict[str, dict[str, Any]] | None = None,
+    workers: int = 1,
+    threads_per_training: int | None = None,
     extra: dict[str, Any] | None = None,
     build: Any = None,
 ) -> dict[str, Any]:
     """Train every (variant, seed), measure and explain, write the report; returns the summary.
 
+    Seeds are paired: under seed k every variant sees the same data in the same
+    order and starts from the same weights in every layer it shares with the
+    others (see :func:`convattn.models.separate_rng`). Afterwards each variant's
+    convergence is judged by :func:`convattn.runs.stats.plateau`, its paired
+    difference from ``none`` by :func:`convattn.runs.stats.compare_to_baseline`
+    (Holm-corrected), and its eval latency is timed interleaved with the others
+    (``latency_rounds`` rounds of a batch of ``latency_batch``) as a ratio to ``none``.
+
+    ``workers > 1`` trains that many models at once, in forked processes with
+    ``threads_per_training`` threads each (:mod:`convattn.engine.parallel`).
     ``build(cfg) -> nn.Module`` replaces :func:`convattn.engine.trainer.build_model`
     (task commands with their own models: segment, detect).
     """
@@ -73,20 +97,27 @@ def run_experiment(
     input_shape = (1, data.in_chans, data.image_size, data.image_size)
     summary_variants: dict[str, dict[str, Any]] = {}
     gallery_maps: dict[str, torch.Tensor | None] = {}
+    first_models: dict[str, torch.nn.Module] = {}
+    attention_options = attention_options or {}
+    threads_per_training = threads_per_training or max(1, torch.get_num_threads() // max(workers, 1))
     progress.overall(len(variants) * len(seeds))
+    trainings = [
+        Training(dataclasses.replace(base, attention=None if variant_label(v) == BASELINE else variant_label(v),
+                                     seed=seed, attention_options=dict(attention_options.get(variant_label(v), {}))),
+                 run_dir / "runs" / f"{variant_label(v)}-seed{seed}", f"{variant_label(v)} seed {seed}")
+        for v in variants for seed in seeds
+    ]
+    if workers > 1 and world.is_main:
+        progress.print(f"training {len(trainings)} models, {workers} at a time ({threads_per_training} thread(s) each)")
+    results = iter(train_many(trainings, data, task, build=build, resume=resume, progress=progress, world=world,
+                              workers=workers, threads_per_training=threads_per_training))
     for v in variants:
         name = variant_label(v)
         entry: dict[str, Any] = {"attention": None if name == BASELINE else name, "seeds": list(seeds), metric: [],
                                  "test_loss": [], "history": [], "train_seconds": [], "resumed_from_epoch": []}
         loc_seed: dict[str, list[float]] | None = {"pointing_game": [], "energy_in_box": []}
-        for i, seed in enumerate(seeds):
-            cfg = dataclasses.replace(base, attention=None if name == BASELINE else name, seed=seed)
-            res = fit(
-                cfg, data, task,
-                checkpoint_dir=run_dir / "runs" / f"{name}-seed{seed}",
-                resume=resume, progress=progress, label=f"{name} seed {seed}", world=world, build=build,
-            )
-            progress.overall_advance()
+        for i, _seed in enumerate(seeds):
+            res = next(results)
             entry[metric].append(res.final[metric])
             entry["test_loss"].append(res.final.get("loss"))
             entry["history"].append(res.history)
@@ -98,7 +129,7 @@ def run_experiment(
             if i == 0:
                 entry["params"] = count_params(model)
                 entry["flops"] = count_flops(model, input_shape)
-                entry["latency_s"] = latency_per_image(model, input_shape, latency_time)
+                first_models[name] = model
             if loc_images is not None:
                 maps = spatial_attention(model, loc_images)
                 if maps is None:
@@ -110,6 +141,10 @@ def run_experiment(
                     gallery_maps[name] = None if maps is None else maps[:gallery_images]
         m, s = mean_std(entry[metric])
         entry[f"{metric}_mean"], entry[f"{metric}_std"] = m, s
+        entry["attention_options"] = dict(attention_options.get(name, {}))
+        verdict = plateau([[row[f"test_{metric}"] for row in h] for h in entry["history"]])
+        entry["plateau"] = verdict.as_dict()
+        entry["converged"] = verdict.converged
         if loc_images is not None and loc_seed is not None:
             entry["localisation"] = {
                 "pointing_game": mean_std(loc_seed["pointing_game"])[0],
@@ -123,10 +158,14 @@ def run_experiment(
     if not world.is_main:
         return {}
     baseline = BASELINE if BASELINE in summary_variants else None
+    diffs = compare_to_baseline({n: e[metric] for n, e in summary_variants.items()}, baseline) if baseline else {}
     for name, entry in summary_variants.items():
-        entry["vs_baseline"] = None
-        if baseline is not None and name != baseline:
-            entry["vs_baseline"] = welch(entry[metric], summary_variants[baseline][metric], name, baseline)
+        entry["vs_baseline"] = diffs[name].as_dict() if name in diffs else None
+    progress.print("timing the trained models (eval, interleaved)...")
+    latency = measure_latency(first_models, input_shape, baseline, batch=latency_batch, rounds=latency_rounds)
+    for name, entry in summary_variants.items():
+        entry.update(latency.get(name, {}))
+    converged = all(e["converged"] for e in summary_variants.values())
     cfg_dict = base.as_dict()
     cfg_dict.pop("attention")
     cfg_dict.pop("seed")
@@ -145,6 +184,11 @@ def run_experiment(
                                                                                  data.image_size),
         "threads": torch.get_num_threads(),
         "world_size": world.size,
+        "converged": converged,
+        "not_converged": [n for n, e in summary_variants.items() if not e["converged"]],
+        "convergence_rule": PLATEAU_RULE.format(metric=metric, points=0.3),
+        "convergence_warning": None if converged else NOT_CONVERGED,
+        "latency_batch": latency_batch,
         "variants": summary_variants,
         **(extra or {}),
     }
@@ -162,3 +206,40 @@ def run_experiment(
     summary["wall_seconds"] = time.perf_counter() - t0
     write_report(run_dir, summary, gallery)
     return summary
+
+
+def measure_latency(models: dict[str, torch.nn.Module], input_shape: tuple[int, ...], baseline: str | None, *,
+                    batch: int = 32, rounds: int = 15, threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """Eval latency of each model, timed interleaved (:func:`convattn.bench.measure.time_interleaved`).
+
+    Per variant: ``latency_s`` (median seconds per image), its per-round values,
+    and against ``baseline`` the per-round ratio's median and 25-75 % range with
+    the :func:`convattn.runs.stats.latency_verdict` (a number, or "noise").
+    """
+    from ..bench.measure import time_interleaved
+
+    if not models:
+        return {}
+    threads = threads or torch.get_num_threads()
+    x = torch.randn((batch,) + tuple(input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    fns = {}
+    for name, model in models.items():
+        model.eval()
+
+        def fn(model=model):
+            with torch.no_grad():
+                return model(x)
+
+        fns[name] = fn
+    times = time_interleaved(fns, threads=threads, rounds=rounds, block_s=0.05, max_s=20.0)
+    base = times.get(baseline) if baseline else None
+    out: dict[str, dict[str, Any]] = {}
+    for name, ts in times.items():
+        row: dict[str, Any] = {"latency_s": statistics.median(ts) / batch,
+                               "latency_rounds_s": [t / batch for t in ts], "latency_threads": threads}
+        if base is not None and name != baseline:
+            ref = models[baseline]
+            adds = sum(p.numel() for p in models[name].parameters()) >= sum(p.numel() for p in ref.parameters())
+            row["latency"] = latency_verdict(ts, base, adds_work=adds).as_dict()
+        out[name] = row
+    return out

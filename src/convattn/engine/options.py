@@ -12,21 +12,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .trainer import TrainConfig
-
-#: the budget of ``convattn compare`` with no options (5 variants x 3 seeds
-#: within 5 minutes on 2 CPU cores; see the README)
+#: the default experiment of ``convattn compare`` (5 variants x 3 seeds on 2 CPU
+#: cores, trained until the plateau rule holds; its measured numbers are in the README)
 DEFAULTS = {
     "model": "resnet8",
-    "epochs": 3,
-    "batch_size": 32,
-    "lr": 0.2,
+    "epochs": 8,
+    "batch_size": 16,
+    "lr": 0.05,
     "weight_decay": 5e-4,
     "momentum": 0.9,
     "warmup": 0.1,
     "image_size": 32,
-    "train_size": 2500,
-    "test_size": 800,
+    "train_size": 3000,
+    "test_size": 1000,
 }
 
 
@@ -36,10 +34,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default="cluttered-mnist",
                    help="cluttered-mnist (default, embedded), cifar10:PATH, cifar100:PATH, or an image folder PATH")
     g.add_argument("--image-size", type=int, default=None,
-                   help=f"input size in pixels (default {d['image_size']} for cluttered-mnist: its 64x64 canvases "
+                   help=f"input size in pixels (default {d['image_size']} for cluttered-mnist: its 48x48 canvases "
                         "are area-downsampled; 32 for CIFAR; 64 for folders)")
     g.add_argument("--train-size", type=int, default=None,
-                   help=f"use the first N training images (default {d['train_size']} for cluttered-mnist, all otherwise)")
+                   help=f"training images per epoch (default {d['train_size']} for cluttered-mnist, all otherwise)")
+    g.add_argument("--canvases", choices=("fresh", "fixed"), default="fresh",
+                   help="cluttered-mnist only: 'fresh' (default) draws new canvases from the training digits every "
+                        "epoch; 'fixed' reuses the same --train-size canvases")
     g.add_argument("--test-size", type=int, default=None,
                    help=f"use the first N test images (default {d['test_size']} for cluttered-mnist, all otherwise)")
     g.add_argument("--cache-dir", default=None,
@@ -53,7 +54,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, default=d["momentum"], help=f"Nesterov momentum (default {d['momentum']})")
     g.add_argument("--warmup", type=float, default=d["warmup"],
                    help=f"fraction of steps of linear warm-up before the cosine decay (default {d['warmup']})")
+    g.add_argument("--attention-options", default=None, metavar="SPEC",
+                   help="constructor options per variant: 'se:reduction=4;cbam:kernel_size=3,reduction=8', "
+                        "or a .json/.toml file mapping each variant to its options")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="trainings run at once, each in its own process on threads/jobs threads (default: one per "
+                        "thread, up to 4, for the small CIFAR ResNets, whose steps use two cores poorly; else 1)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="run folder to create (must not exist; default runs/<command>-<time>)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -68,22 +75,13 @@ def check_positive(name: str, v: Any, allow_none: bool = True) -> None:
         raise ValueError(f"--{name} must be a positive integer (>= 1), got {v!r}")
 
 
-def validate_training_args(args: argparse.Namespace) -> None:
-    """Impossible options -> ValueError before anything is loaded or written."""
-    for name in ("epochs", "batch_size"):
-        check_positive(name.replace("_", "-"), getattr(args, name), allow_none=False)
-    for name in ("image_size", "train_size", "test_size", "threads"):
-        check_positive(name.replace("_", "-"), getattr(args, name))
+def unknown_model(name: str) -> ValueError:
+    """The error for a ``--model`` that :func:`convattn.models.list_models` does not know."""
     from ..models import list_models
 
-    if args.model not in list_models():
-        close = difflib.get_close_matches(args.model, list_models(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"unknown --model {args.model!r}; {hint}valid: {', '.join(list_models())}")
-    TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, momentum=args.momentum, warmup=args.warmup,
-    ).validate()
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return ValueError(f"unknown --model {name!r}; {hint}valid: {', '.join(list_models())}")
 
 
 def check_variant(v: str) -> str:
@@ -126,47 +124,85 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def data_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Budget defaults apply to the embedded set; user data uses all of it unless asked."""
-    from ..data import parse_spec
+def _literal(text: str) -> Any:
+    """``4`` -> 4, ``0.5`` -> 0.5, ``true`` -> True, ``'avg,max'`` -> a string."""
+    import ast
 
-    kind, _ = parse_spec(args.data)
-    embedded = kind == "embedded"
-    return {
-        "image_size": args.image_size if args.image_size is not None else (DEFAULTS["image_size"] if embedded else None),
-        "train_size": args.train_size if args.train_size is not None else (DEFAULTS["train_size"] if embedded else None),
-        "test_size": args.test_size if args.test_size is not None else (DEFAULTS["test_size"] if embedded else None),
-        "cache": args.cache_dir,
-    }
-
-
-def train_config(args: argparse.Namespace, data: Any) -> TrainConfig:
-    kw = data_kwargs(args)
-    return TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, momentum=args.momentum, warmup=args.warmup,
-        data=args.data, image_size=data.image_size, train_size=kw["train_size"], test_size=kw["test_size"],
-        num_classes=data.num_classes, in_chans=data.in_chans,
-    ).validate()
-
-
-def save_run_config(run_dir: Path, payload: dict[str, Any]) -> None:
-    from .report import write_json
-
-    write_json(run_dir / "config.json", payload)
-
-
-def load_run_config(run_dir: str | Path, command: str) -> dict[str, Any]:
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume {path}: no such run folder")
-    cfg = path / "config.json"
+    low = text.strip()
+    if low.lower() in ("true", "false"):
+        return low.lower() == "true"
+    if low.lower() in ("none", "null"):
+        return None
     try:
-        payload = json.loads(cfg.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--resume {path}: no config.json (not a convattn run folder)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--resume {path}: config.json is corrupt ({e})") from None
-    if payload.get("command") != command:
-        raise ValueError(f"--resume {path}: that folder is a '{payload.get('command')}' run, not '{command}'")
-    return payload
+        return ast.literal_eval(low)
+    except (ValueError, SyntaxError):
+        return low
+
+
+def parse_attention_options(text: str | dict | None, variants: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-variant constructor options, checked against each module's constructor.
+
+    ``text``: ``'se:reduction=4;cbam:kernel_size=3,reduction=8'``, a path to a
+    ``.json`` or ``.toml`` file holding ``{"se": {"reduction": 4}, ...}``, or that
+    mapping itself. Every key must be one of ``variants`` (not ``none``); every
+    option a constructor argument of that module (the error lists the valid ones);
+    values that the module refuses fail here, before any work.
+    """
+    if text is None or text == "" or text == {}:
+        return {}
+    if isinstance(text, dict):
+        raw = text
+    else:
+        path = Path(str(text)).expanduser()
+        if str(text).endswith((".json", ".toml")):
+            if not path.is_file():
+                raise FileNotFoundError(f"--attention-options file {path} does not exist")
+            try:
+                if path.suffix == ".json":
+                    raw = json.loads(path.read_text())
+                else:
+                    import tomllib
+
+                    raw = tomllib.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise ValueError(f"--attention-options file {path} is not valid {path.suffix[1:]}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        else:
+            raw = {}
+            for part in (p.strip() for p in str(text).split(";")):
+                if not part:
+                    continue
+                key, sep, rest = part.partition(":")
+                if not sep or not rest.strip():
+                    raise ValueError(f"--attention-options: {part!r} is not KEY:OPTION=VALUE[,OPTION=VALUE] "
+                                     "(e.g. 'se:reduction=4;cbam:kernel_size=3')")
+                opts = raw.setdefault(key.strip(), {})
+                for item in rest.split(","):
+                    name, eq, value = item.partition("=")
+                    if not eq or not name.strip():
+                        raise ValueError(f"--attention-options: {item.strip()!r} in {part!r} is not OPTION=VALUE")
+                    opts[name.strip()] = _literal(value)
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("--attention-options must map each variant to a table of options, "
+                         "e.g. {\"se\": {\"reduction\": 4}}")
+    from ..registry import create_attention, get_spec
+
+    out: dict[str, dict[str, Any]] = {}
+    usable = [v for v in variants if v != "none"]
+    for key, opts in raw.items():
+        if key not in usable:
+            raise ValueError(f"--attention-options names {key!r}, which is not among the variants; "
+                             f"valid: {', '.join(usable) or '(no attention variant)'}")
+        spec = get_spec(key)
+        valid = sorted(spec.defaults)
+        for name in opts:
+            if name not in spec.defaults:
+                close = difflib.get_close_matches(name, valid, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ValueError(f"--attention-options: {key} has no option {name!r}; {hint}valid: {', '.join(valid)}")
+        try:
+            create_attention(key, 64, **opts)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--attention-options for {key}: {str(e).splitlines()[0]}") from None
+        out[key] = dict(opts)
+    return out

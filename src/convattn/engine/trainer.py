@@ -5,7 +5,10 @@ classification today, segmentation/detection later, with the same loop,
 checkpoints, progress and distributed handling.
 
 Reproducibility on CPU: the model is initialised right after
-``torch.manual_seed(seed)``; the order of the training samples in epoch ``e``
+``torch.manual_seed(seed)`` (attention weights on a stream of their own, so
+that every shared layer starts the same with or without attention); a
+training set with ``for_epoch(e)`` (the embedded canvases) gives new samples
+every epoch, the same for every variant; the order of the training samples in epoch ``e``
 comes from a ``torch.Generator`` seeded with ``(seed, e)`` (no worker
 processes, no global RNG), so an epoch is the same whether or not the run was
 resumed; the learning rate is a pure function of the step (linear warm-up then
@@ -56,6 +59,7 @@ class TrainConfig(ConfigRecord):
 
     model: str = "resnet8"
     attention: str | None = None
+    attention_options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 3
     batch_size: int = 64
     lr: float = 0.1
@@ -93,6 +97,8 @@ class TrainConfig(ConfigRecord):
             raise ValueError(f"weight-decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+        if not isinstance(self.attention_options, dict):
+            raise ValueError(f"attention_options must be a dict of constructor options, got {self.attention_options!r}")
         return self
 
 
@@ -112,7 +118,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     from ..models import create_model
 
     attention = None if cfg.attention in (None, "none") else cfg.attention
-    return create_model(cfg.model, attention=attention, num_classes=cfg.num_classes, in_chans=cfg.in_chans)
+    options = dict(cfg.attention_options) if attention is not None else {}
+    return create_model(cfg.model, attention=attention, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **options)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -200,7 +207,7 @@ def fit(
     task = task or ClassificationTask()
     world = world or distributed.current()
     progress = progress or Progress(quiet=True)
-    n = len(data.train)
+    n = len(data.train)  # per epoch (a set with ``for_epoch`` gives new samples every epoch)
     B = cfg.batch_size
     if B % world.size:
         raise ValueError(f"batch-size {B} must be divisible by the number of processes ({world.size})")
@@ -246,10 +253,11 @@ def fit(
             model.train()
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
             perm = torch.randperm(n, generator=g)
+            train_set = data.train.for_epoch(epoch) if hasattr(data.train, "for_epoch") else data.train
             sums: dict[str, float] = {k: 0.0 for k in task.stats}
             for s in range(steps):
                 idx = perm[s * B:(s + 1) * B][world.rank::world.size]
-                batch = get_batch(data.train, idx)
+                batch = get_batch(train_set, idx)
                 lr = lr_at((epoch - 1) * steps + s, total, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr

@@ -96,9 +96,9 @@ def check_variants(variants: list[str], base: Any) -> dict[str, tuple[int, int]]
 
 
 def run_generate_job(args: argparse.Namespace) -> int:
-    from ..engine.options import load_run_config, parse_seeds, parse_variants, save_run_config
+    from ..engine.options import parse_seeds, parse_variants
     from ..engine.progress import Progress
-    from ..engine.report import check_out_free, new_run_dir
+    from ..runs.folders import check_out_free, load_run_config, new_run_dir, save_run_config
 
     t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _loadavg()
     resume_dir = None
@@ -166,7 +166,7 @@ def run_generate(
     digits: Any = None,
 ) -> dict[str, Any]:
     """Train every (variant, seed), write the sample grids; returns the summary (report not yet written)."""
-    from ..engine.report import mean_std
+    from ..runs.stats import mean_std
     from .metrics import ClassifierConfig, QualityMeter, load_or_train_classifier
     from .report import METRICS, compare_values, save_sample_grid
     from .train import generate, load_digits, train_gan

@@ -1,27 +1,25 @@
 """The report of ``convattn generate``: report.md, metrics.json, metrics.csv, PNGs.
 
-Follows the layout of ``convattn compare`` (:mod:`convattn.engine.report`):
+Follows the layout of ``convattn compare`` (:mod:`convattn.runs.report`):
 one run folder, a table of mean ± std over seeds with a plain Welch's t-test
 statement per variant against ``none``, machine-readable metrics, curves. Run
-folders, JSON writing, atomic writes and mean/std come from the engine; the
-table and the test statement are this module's because the GAN metrics are
-two numbers per training, one of which (the Frechet distance) is better when
-lower, while :func:`convattn.engine.report.welch` assumes one accuracy-like
-metric where higher is better.
+folders, JSON writing and the statistics come from :mod:`convattn.runs`; the
+table is this module's because the GAN metrics are two numbers per training,
+one of which (the Frechet distance) is better when lower.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data.cache import atomic_write_bytes
-from ..engine.report import ALPHA, mean_std, write_json
+from ..runs.folders import write_json
+from ..runs.stats import ALPHA, mean_std, unpaired_difference
 
 METRICS = {
     # key: (label, higher is better, scale for display, unit of the difference, digits)
@@ -31,37 +29,15 @@ METRICS = {
 
 
 def compare_values(values: list[float], baseline: list[float], name: str, base_name: str, metric: str) -> dict[str, Any]:
-    """Welch's t-test (scipy, ``equal_var=False``) of a variant against the baseline, said plainly."""
+    """Welch's t-test (:func:`convattn.runs.stats.unpaired_difference`) of a variant against the baseline."""
     label, higher_better, scale, unit, digits = METRICS[metric]
-    diff = (mean_std(values)[0] - mean_std(baseline)[0]) * scale
-    out: dict[str, Any] = {"diff": diff, "p_value": None, "outside_noise": None}
-    unit_s = f" {unit}" if unit else ""
-    head = f"{name}: {label} {diff:+.{digits}f}{unit_s} vs {base_name}"
-    if len(values) < 2 or len(baseline) < 2:
-        out["statement"] = f"{head}; not tested (Welch's t-test needs >= 2 seeds per variant)."
-        return out
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # near-identical values: scipy warns, the p-value is still returned
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(values, baseline, equal_var=False).pvalue)
-    if math.isnan(p):
-        same = all(v == baseline[0] for v in values + baseline)
-        out["statement"] = f"{head}; " + ("identical on every seed." if same else "no spread, the t-test is undefined.")
-        out["outside_noise"] = False if same else None
-        return out
-    out["p_value"] = p
-    out["outside_noise"] = p < ALPHA
-    better = (diff > 0) == higher_better
-    if p < ALPHA:
-        out["statement"] = (f"{head}; Welch's t-test p = {p:.3f} < {ALPHA}: outside the seed-to-seed noise "
-                            f"({'better' if better else 'worse'} than {base_name}).")
-    else:
-        out["statement"] = (f"{head}; Welch's t-test p = {p:.3f}: within the seed-to-seed noise "
-                            "(no evidence of a difference).")
-    return out
+    d = unpaired_difference(values, baseline, f"{name}: {label}", base_name, scale=scale, unit=unit,
+                            higher_is_better=higher_better)
+    outside = None if d.p_value is None else d.p_value < ALPHA
+    if d.sd == 0 and d.n >= 2:
+        outside = False if d.mean == 0 else None
+    return {"diff": d.mean, "p_value": d.p_value, "outside_noise": outside, "statement": d.statement,
+            "ci": [d.ci_low, d.ci_high]}
 
 
 COLUMNS = [

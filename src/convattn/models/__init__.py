@@ -16,6 +16,7 @@ from .attach import (
 )
 from .cifar_resnet import CifarResNet
 from .factory import create_model, list_models
+from .pairing import separate_rng
 from .weights import WeightsReport, load_backbone_weights
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "list_models",
     "load_backbone_weights",
     "per_stage",
+    "separate_rng",
 ]

@@ -16,6 +16,7 @@ from torch import nn
 
 from .attach import Where, attach
 from .cifar_resnet import CIFAR_DEPTHS, CifarResNet
+from .pairing import separate_rng
 
 TORCHVISION_MODELS = (
     "resnet18",
@@ -80,6 +81,10 @@ def create_model(
         in_chans: input channels; for torchvision models a value other than 3
             replaces the stem conv.
         where, init, **options: as in :func:`convattn.models.attach`.
+
+    The attention's weights come from a random stream of their own
+    (:func:`convattn.models.pairing.separate_rng`): under the same seed,
+    every backbone layer starts with the same weights with or without attention.
     """
     if not isinstance(name, str) or name not in list_models():
         valid = list_models()
@@ -98,7 +103,8 @@ def create_model(
         if in_chans != 3:
             _replace_stem(model, in_chans)
     if attention is not None:
-        attach(model, attention, where=where, init=init, **options)
+        with separate_rng():  # the backbone's weights do not depend on the attention
+            attach(model, attention, where=where, init=init, **options)
     elif options or init != "default":
         raise ValueError(
             f"create_model: attention options {sorted(options) or [f'init={init!r}']} given without attention=..."

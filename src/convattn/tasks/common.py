@@ -92,13 +92,18 @@ def run_task_job(cmd: TaskCommand, args: argparse.Namespace) -> int:
     from ..engine.options import (
         check_positive,
         check_variant,
-        load_run_config,
         parse_seeds,
         parse_variants,
-        save_run_config,
     )
     from ..engine.progress import Progress
-    from ..engine.report import check_out_free, new_run_dir, summary_table, write_json
+    from ..runs.folders import (
+        check_out_free,
+        load_run_config,
+        new_run_dir,
+        save_run_config,
+        write_json,
+    )
+    from ..runs.report import summary_table
 
     t0 = time.perf_counter()
     resume_dir = None
@@ -177,7 +182,7 @@ def per_class_table(summary: dict[str, Any], prefix: str, classes: list[str], ti
     """Markdown table of the per-class test values ``test_<prefix><k>`` (mean over seeds) and the numbers."""
     import math
 
-    from ..engine.report import mean_std
+    from ..runs.stats import mean_std
 
     numbers: dict[str, dict[str, float | None]] = {}
     for name, v in summary["variants"].items():

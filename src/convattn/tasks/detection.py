@@ -67,11 +67,12 @@ def build_detector(attention: str | None, num_classes: int, in_chans: int = 1, i
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.fcos import FCOSHead
 
-    from ..models import attach, create_model
+    from ..models import attach, create_model, separate_rng
 
     trunk = create_model("resnet18", in_chans=in_chans, num_classes=1)
     if attention not in (None, "none"):
-        attach(trunk, attention, where="block")
+        with separate_rng():  # FPN and head get the same weights with or without attention
+            attach(trunk, attention, where="block")
     body = BackboneWithFPN(trunk, {"layer2": "0", "layer3": "1"}, [128, 256], fpn_channels)
     anchors = AnchorGenerator(sizes=((8,), (16,), (32,)), aspect_ratios=((1.0,),) * 3)
     head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
@@ -194,7 +195,7 @@ def save_detections(path: Path, images: torch.Tensor, targets: list[dict], preds
 
 
 def finish(run_dir: Path, summary: dict[str, Any], data: Any, models: dict[str, nn.Module]) -> str:
-    from ..engine.report import mean_std
+    from ..runs.stats import mean_std
 
     classes = list(data.classes)
     table, _ = per_class_table(summary, "ap_", classes, "Per-class AP@[.5:.95] (%)")

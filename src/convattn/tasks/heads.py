@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.pairing import separate_rng
 from ..registry import create_attention
 
 SEGMENTERS = ("danet", "unet")
@@ -67,7 +68,10 @@ def conv_bn_relu(cin: int, cout: int, dilation: int = 1, stride: int = 1) -> nn.
 
 
 def _attention(key: str | None, channels: int) -> nn.Module:
-    return nn.Identity() if key in (None, "none") else create_attention(key, channels)
+    if key in (None, "none"):
+        return nn.Identity()
+    with separate_rng():  # the layers around it get the same weights with or without attention
+        return create_attention(key, channels)
 
 
 class DilatedBlock(nn.Module):

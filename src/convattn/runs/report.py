@@ -1,7 +1,6 @@
-"""Run folders and reports shared by every command that trains or evaluates.
+"""The comparison report shared by every command that trains variants over seeds.
 
-- :func:`new_run_dir`: one folder per run, never reusing an existing one;
-- :func:`welch`: is a variant's difference from the baseline outside the noise;
+- :func:`convergence_paragraph`: the report's first words, whether every variant plateaued;
 - :func:`write_report`: ``report.md``, ``metrics.json``, ``metrics.csv`` and the
   learning-curve PNG from a *summary* dict (see :func:`convattn.engine.experiment.run_experiment`
   for its fields); the attention gallery is written by the caller
@@ -15,109 +14,26 @@ display by :func:`table_rows` (the one formatting function both use).
 from __future__ import annotations
 
 import csv
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from ..data.cache import atomic_write_bytes
-
-ALPHA = 0.05
-
-
-def new_run_dir(out: str | Path | None, command: str, root: str | Path = "runs") -> Path:
-    """Create the run folder: ``out`` (must not exist) or ``root/<command>-<timestamp>[-k]``."""
-    if out is not None:
-        path = Path(out).expanduser()
-        if path.exists():
-            raise FileExistsError(f"output folder {path} already exists; choose a new --out (nothing was overwritten)")
-        path.mkdir(parents=True)
-        return path
-    base = Path(root) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for k in range(1, 1000):
-        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not find a free run folder name under {root}")
-
-
-def check_out_free(out: str | Path | None) -> None:
-    """Fail early (before any work) when ``--out`` already exists."""
-    if out is not None and Path(out).expanduser().exists():
-        raise FileExistsError(
-            f"output folder {Path(out).expanduser()} already exists; choose a new --out or pass --resume to continue it"
-        )
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    m = sum(values) / n
-    if n < 2:
-        return m, 0.0
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-
-
-def welch(values: list[float], baseline: list[float], name: str, base_name: str, scale: float = 100.0,
-          unit: str = "points") -> dict[str, Any]:
-    """Welch's t-test of ``values`` against ``baseline`` (scipy, unequal variances), said plainly."""
-    diff = (mean_std(values)[0] - mean_std(baseline)[0]) * scale
-    out: dict[str, Any] = {"diff": diff, "p_value": None, "outside_noise": None}
-    head = f"{name}: {diff:+.2f} {unit} vs {base_name}"
-    if len(values) < 2 or len(baseline) < 2:
-        out["statement"] = f"{head}; not tested (Welch's t-test needs >= 2 seeds per variant)."
-        return out
-    if mean_std(values)[1] == 0 and mean_std(baseline)[1] == 0:
-        same = values[0] == baseline[0]
-        out["outside_noise"] = False if same else None
-        out["statement"] = (
-            f"{head}; identical results on every seed." if same
-            else f"{head}; no spread within either variant, so the t-test is undefined."
-        )
-        return out
-    import warnings
-
-    from scipy.stats import ttest_ind
-
-    with warnings.catch_warnings():  # nearly identical samples: scipy warns, the p-value is still defined
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_ind(values, baseline, equal_var=False).pvalue)
-    if math.isnan(p):
-        same = all(v == baseline[0] for v in values + baseline)
-        out["statement"] = (
-            f"{head}; identical results on every seed." if same
-            else f"{head}; no spread within either variant, so the t-test is undefined."
-        )
-        out["outside_noise"] = False if same else None
-        return out
-    out["p_value"] = p
-    out["outside_noise"] = p < ALPHA
-    if p < ALPHA:
-        out["statement"] = (
-            f"{head}; Welch's t-test p = {p:.3f} < {ALPHA}: outside the seed-to-seed noise"
-            f" ({'better' if diff > 0 else 'worse'} than {base_name})."
-        )
-    else:
-        out["statement"] = f"{head}; Welch's t-test p = {p:.3f}: within the seed-to-seed noise (no evidence of a difference)."
-    return out
-
+from .folders import write_json
+from .stats import ALPHA, NOT_CONVERGED, mean_std
 
 # --------------------------------------------------------------------- tables
 
 COLUMNS = [
     ("variant", "variant"),
     ("acc", "test acc % (mean ± std)"),
-    ("seeds", "seeds"),
-    ("diff", "Δ vs baseline (points)"),
-    ("p", "Welch p"),
+    ("converged", "plateaued"),
+    ("diff", "Δ vs baseline, points [95 % CI]"),
+    ("p", "p (Holm)"),
+    ("mde", "detectable Δ"),
     ("params", "params"),
     ("flops", "MFLOPs"),
-    ("latency", "latency ms/img"),
+    ("latency", "latency vs baseline"),
     ("pointing", "pointing game"),
     ("energy", "energy in box"),
 ]
@@ -127,10 +43,17 @@ def _fmt(v: float | None, digits: int) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _p_text(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """The report table as strings (shared by report.md and the terminal)."""
     rows = []
     metric = summary["metric"]
+    base = summary.get("baseline")
     for name, v in summary["variants"].items():
         loc = v.get("localisation")
         vs = v.get("vs_baseline")
@@ -138,17 +61,30 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
             pointing = energy = "no spatial map" if summary.get("has_boxes") else "no boxes"
         else:
             pointing, energy = _fmt(loc["pointing_game"], 3), _fmt(loc["energy_in_box"], 3)
+        if vs is None:
+            diff = "baseline" if name == base else "–"
+        elif vs.get("ci_low") is None:
+            diff = f"{vs['mean']:+.2f}"
+        else:
+            diff = f"{vs['mean']:+.2f} [{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]"
+        lat = v.get("latency")
+        if name == base:
+            latency = f"1 ({v['latency_s'] * 1e3:.3f} ms/img)" if v.get("latency_s") else "–"
+        else:
+            latency = "–" if lat is None else lat["text"]
         rows.append(
             {
                 "variant": name,
                 "acc": f"{v[metric + '_mean'] * 100:.2f} ± {v[metric + '_std'] * 100:.2f}",
                 "seeds": str(len(v["seeds"])),
-                "diff": "baseline" if vs is None and name == summary.get("baseline") else
-                        ("–" if vs is None else f"{vs['diff']:+.2f}"),
-                "p": "–" if vs is None or vs["p_value"] is None else f"{vs['p_value']:.3f}",
+                "converged": "yes" if v.get("converged") else "NO",
+                "diff": diff,
+                "p": "–" if vs is None else _p_text(vs.get("p_holm") if vs.get("p_holm") is not None
+                                                    else vs.get("p_value")),
+                "mde": "–" if vs is None or vs.get("minimal_detectable") is None else f"{vs['minimal_detectable']:.2f}",
                 "params": f"{v['params']:,}",
                 "flops": f"{v['flops'] / 1e6:.2f}",
-                "latency": f"{v['latency_s'] * 1e3:.3f}",
+                "latency": latency,
                 "pointing": pointing,
                 "energy": energy,
             }
@@ -169,15 +105,19 @@ def markdown_table(rows: list[dict[str, str]], metric: str = "accuracy") -> str:
 
 
 #: shorter headers for the terminal (same columns, same numbers as report.md)
-SHORT = {"acc": "acc % ± std", "seeds": "n", "diff": "Δ pts", "p": "p", "flops": "MFLOPs",
-         "latency": "ms/img", "pointing": "pointing", "energy": "energy"}
+SHORT = {"acc": "acc % ± std", "seeds": "n", "converged": "plateau", "diff": "Δ pts [95% CI]", "p": "p Holm",
+         "mde": "min Δ", "flops": "MFLOPs", "latency": "latency", "pointing": "pointing", "energy": "energy"}
+
+
+#: the columns the terminal shows (report.md has them all)
+TERMINAL = ("variant", "acc", "converged", "diff", "p", "latency")
 
 
 def summary_table(summary: dict[str, Any]):
     from rich import box
     from rich.table import Table
 
-    cols = [(k, h) for k, h in COLUMNS if k != "seeds"]
+    cols = [(k, h) for k, h in COLUMNS if k in TERMINAL]
     table = Table(
         title=f"{summary['command']}: test {summary['metric']} over {len(summary['seeds'])} seed(s) "
               f"({summary['data']['name']})",
@@ -193,19 +133,6 @@ def summary_table(summary: dict[str, Any]):
 
 
 # -------------------------------------------------------------------- writers
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True).encode()
-    return atomic_write_bytes(path, lambda f: f.write(text))
 
 
 def write_csv(path: str | Path, summary: dict[str, Any]) -> Path:
@@ -268,6 +195,10 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
             s = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(m)
             line = ax.plot(ep, m, marker="o", ms=3, label=name)[0]
             ax.fill_between(ep, m - s, m + s, color=line.get_color(), alpha=0.15)
+    epochs = min((len(h) for v in summary["variants"].values() for h in v["history"] if h), default=0)
+    if epochs >= 4:  # the plateau rule's window: the last quarter of training
+        q = math.ceil(epochs / 4)
+        ax1.axvspan(epochs - q, epochs, color="0.5", alpha=0.12, lw=0, label="plateau window")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"test {metric} (%)")
     ax1.set_title(f"test {metric}: mean ± std over seeds")
@@ -284,48 +215,78 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def convergence_paragraph(summary: dict[str, Any]) -> str:
+    """The report's first words: did every variant finish learning, by the written-out rule."""
+    rule = summary.get("convergence_rule", "")
+    if summary.get("converged"):
+        return f"**Every variant plateaued** ({rule}), so the differences below compare where the variants end."
+    names = ", ".join(summary.get("not_converged", []))
+    return (f"**{NOT_CONVERGED[0].upper() + NOT_CONVERGED[1:]}.** Not plateaued: {names}. "
+            f"Rule: {rule}. Train longer (`--epochs`) before reading the comparison as an answer.")
+
+
 def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
     metric = summary["metric"]
     cfg = summary["config"]
     data = summary["data"]
+    n_seeds = len(summary["seeds"])
+    options = {k: v["attention_options"] for k, v in summary["variants"].items() if v.get("attention_options")}
+    opts_text = ("Attention options: " + "; ".join(f"{k}: " + ", ".join(f"{o}={val!r}" for o, val in v.items())
+                                                  for k, v in options.items()) + ". ") if options else ""
     lines = [
         f"# convattn {summary['command']}: {', '.join(summary['variants'])}",
         "",
-        f"Data: **{data['name']}** ({data['train_size']} training / {data['test_size']} test images, "
+        convergence_paragraph(summary),
+        "",
+        f"Data: **{data['name']}** ({data['train_size']} training images per epoch / {data['test_size']} test images, "
         f"{data['num_classes']} classes, {data['in_chans']} channel(s), {data['image_size']}x{data['image_size']} input). "
         f"{data.get('notes', '')}".rstrip(),
         "",
         f"Model **{cfg['model']}**; {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, SGD (Nesterov momentum "
         f"{cfg['momentum']}, weight decay {cfg['weight_decay']}), peak lr {cfg['lr']}, linear warm-up over "
-        f"{cfg['warmup']:.0%} of the steps then cosine decay; seeds {summary['seeds']}. Every variant gets the same "
-        f"data, budget and schedule. Wall time {summary['wall_seconds']:.1f} s on {summary['threads']} thread(s).",
+        f"{cfg['warmup']:.0%} of the steps then cosine decay; seeds {summary['seeds']}, paired: under one seed every "
+        "variant sees the same data in the same order and starts from the same weights in every layer the variants "
+        f"share (attention weights come from a stream of their own). {opts_text}Wall time "
+        f"{summary['wall_seconds']:.1f} s on {summary['threads']} thread(s).",
         "",
         "## Results",
         "",
         markdown_table(table_rows(summary), metric),
         "",
-        f"Test {metric} is measured after the last epoch on the whole test split; mean ± sample std over seeds. "
-        "Params: all parameters. MFLOPs: one forward of one image counted by torch.utils.flop_counter "
+        f"Test {metric}: after the last epoch, on the whole test split; mean ± sample std over seeds. "
+        "Plateaued: the convergence rule above. Δ: the mean over seeds of (variant − baseline) on the same seed, "
+        "with its 95 % t interval; p: the paired t-test, Holm-corrected across the variants; detectable Δ: the "
+        "smallest true difference this run would have found with 80 % power at the observed spread of the "
+        "differences. Params: all parameters. MFLOPs: one forward of one image counted by torch.utils.flop_counter "
         "(convolutions and matrix multiplies, 2 FLOPs per multiply-add; element-wise gates are not counted). "
-        "Latency: median of a batch-of-one forward on this CPU (noisy; compare rows of the same run).",
+        f"Latency: eval forward of a batch of {summary.get('latency_batch', 32)} after training, all variants timed "
+        f"interleaved in rounds on {summary['threads']} thread(s); the median per-round ratio to the baseline with "
+        "its 25-75 % range, or *noise* when that range includes 1 or a variant that only adds work measures faster.",
         "",
-        "## Is the difference from the baseline outside the noise?",
+        "## Is the difference from the baseline real?",
         "",
     ]
     base = summary.get("baseline")
     any_test = False
     for v in summary["variants"].values():
         if v.get("vs_baseline") is not None:
-            lines.append(f"- {v['vs_baseline']['statement']}")
+            vs = v["vs_baseline"]
+            boot = ""
+            if vs.get("bootstrap_low") is not None:
+                boot = f" (bootstrap 95 % interval [{vs['bootstrap_low']:+.2f}, {vs['bootstrap_high']:+.2f}])"
+            lines.append(f"- {vs['statement']}{boot}")
             any_test = True
     if any_test:
         lines += [
             "",
-            f"Welch's t-test (unequal variances, two-sided, α = {ALPHA}) on the per-seed test {metric} values, "
-            f"each variant against {base}. With only {len(summary['seeds'])} seeds per variant the test has little "
-            "power: only large differences can show up as outside the noise, a 'within the noise' verdict does not "
-            "mean the variants are equal, and no correction is made for testing several variants.",
+            f"Each statement: the paired difference over {n_seeds} seeds (scipy.stats.ttest_rel and its t interval"
+            + ("; a percentile bootstrap of the mean difference from 5 seeds up" if n_seeds >= 5 else "")
+            + f"), Holm's correction over the {sum(1 for v in summary['variants'].values() if v.get('vs_baseline'))} "
+            f"variants at α = {ALPHA}. A difference is called real only when its corrected test says so; "
+            "'no evidence' does not mean the variants are equal: read the interval and the detectable difference.",
         ]
+        if not summary.get("converged"):
+            lines += ["", f"Caution: {NOT_CONVERGED}."]
     else:
         lines.append(
             f"No comparison: it needs the baseline ({base or 'none'}) among the variants."
@@ -387,3 +348,68 @@ def write_report(folder: str | Path, summary: dict[str, Any], gallery: str | Non
     text = render_markdown(summary, files).encode()
     written["report.md"] = atomic_write_bytes(folder / "report.md", lambda f: f.write(text))
     return written
+
+
+def plot_sample_efficiency(path: str | Path, summary: dict[str, Any]) -> Path:
+    """Test metric against training-set size per variant: mean over seeds with its 95 % t interval."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from scipy import stats as sps
+
+    sizes = summary["train_sizes"]
+    first = summary["per_size"][str(sizes[0])]
+    metric = first["metric"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in first["variants"]:
+        means, lo, hi = [], [], []
+        for n in sizes:
+            vals = [x * 100 for x in summary["per_size"][str(n)]["variants"][name][metric]]
+            m, s = mean_std(vals)
+            half = float(sps.t.ppf(0.975, len(vals) - 1) * s / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
+            means.append(m)
+            lo.append(m - half)
+            hi.append(m + half)
+        line = ax.plot(sizes, means, marker="o", label=name)[0]
+        ax.fill_between(sizes, lo, hi, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set_xlabel("training images (fixed set)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"{metric} against training-set size: mean and 95 % interval over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_sample_efficiency(folder: str | Path, summary: dict[str, Any]) -> Path:
+    """report.md of a ``--train-sizes`` run: the plot, and each size's paired statements."""
+    folder = Path(folder)
+    plot_sample_efficiency(folder / "sample_efficiency.png", summary)
+    sizes = summary["train_sizes"]
+    lines = [f"# convattn {summary['command']}: sample efficiency over {', '.join(map(str, sizes))} training images", ""]
+    if not summary["converged"]:
+        bad = [n for n in sizes if not summary["per_size"][str(n)]["converged"]]
+        lines += [f"**{NOT_CONVERGED[0].upper() + NOT_CONVERGED[1:]}** at size(s) {', '.join(map(str, bad))}.", ""]
+    else:
+        lines += ["**Every variant plateaued at every size** (the rule is in each size's report).", ""]
+    lines += [
+        "Each size is a full comparison on a fixed set of that many training canvases (the first N), with the same "
+        "number of optimisation steps as the largest size (more epochs for the smaller sets), paired seeds, and "
+        "its own report in `size-N/`.",
+        "",
+        "![sample efficiency](sample_efficiency.png)",
+        "",
+    ]
+    for n in sizes:
+        s = summary["per_size"][str(n)]
+        lines += [f"## {n} training images ({s['config']['epochs']} epochs)", "",
+                  markdown_table(table_rows(s), s["metric"]), ""]
+        lines += [f"- {v['vs_baseline']['statement']}" for v in s["variants"].values() if v.get("vs_baseline")]
+        lines.append("")
+    text = "\n".join(lines).encode()
+    return atomic_write_bytes(folder / "report.md", lambda f: f.write(text))
