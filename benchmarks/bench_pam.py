@@ -127,7 +127,7 @@ def child_memory(impl: str, mode: str, channels: int, size: int, batch: int) -> 
 def child_latency(mode: str, channels: int, size: int, batch: int, min_run_time: float, min_rounds: int) -> dict:
     import torch
 
-    from convattn.engine.measure import benchmark_timer
+    from convattn.bench.measure import benchmark_timer
 
     Timer = benchmark_timer()
     torch.set_num_threads(2)

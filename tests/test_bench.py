@@ -253,7 +253,7 @@ def test_benchmark_timer_imports_without_the_cuda_warning():
     the benchmarks' output and leaves that logger's level as it was."""
     code = (
         "import logging\n"
-        "from convattn.engine.measure import benchmark_timer\n"
+        "from convattn.bench.measure import benchmark_timer\n"
         "log = logging.getLogger('torch.utils.cpp_extension'); log.setLevel(logging.INFO)\n"
         "Timer = benchmark_timer()\n"
         "print(Timer.__name__, log.level == logging.INFO)\n"

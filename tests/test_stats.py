@@ -13,16 +13,26 @@ from convattn.runs import stats
 def test_plateau_flat_history_converges():
     flat = [[0.5, 0.9, 0.95, 0.951, 0.952, 0.951, 0.952, 0.952]] * 3
     p = stats.plateau(flat)
-    assert p.converged and p.epochs == 8 and p.window == 2
+    assert p.converged and p.epochs == 8 and p.window == 3  # ceil(8 / 4) = 2, at least 3
     assert p.movement == pytest.approx(0.1, abs=1e-9)  # 95.1 .. 95.2 over epochs 6-8
     assert p.tolerance == pytest.approx(0.3)
+    assert "epochs 6-8" in p.reason
+
+
+def test_plateau_window_is_the_last_quarter():
+    # 16 epochs: the window is epochs 13-16; the jump into epoch 13 is outside it
+    h = [0.5] * 12 + [0.96, 0.962, 0.961, 0.963]
+    p = stats.plateau([h, h])
+    assert p.window == 4 and p.converged and p.movement == pytest.approx(0.3)
+    late = [0.5] * 13 + [0.96, 0.962, 0.963]
+    assert not stats.plateau([late]).converged
 
 
 def test_plateau_rising_history_does_not_converge():
     rising = [[0.2, 0.4, 0.6, 0.8, 0.85, 0.9], [0.25, 0.45, 0.6, 0.78, 0.86, 0.91]]
     p = stats.plateau(rising)
     assert not p.converged
-    assert p.window == 2  # ceil(6 / 4)
+    assert p.window == 3
     # window: epochs 4-6, seed means 79, 85.5, 90.5
     assert p.movement == pytest.approx(11.5)
     assert "still moved" in p.reason

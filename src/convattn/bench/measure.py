@@ -132,6 +132,33 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def _slow_conv_flop(x_shape, w_shape, _kernel, _bias, _stride, _padding, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten._slow_conv2d_forward / slow_conv3d_forward (no groups, not transposed).
+
+    torch's flop_counter maps ``_slow_conv2d_forward`` to its generic conv formula,
+    whose argument list (dilation, transposed) this op does not have, so counting a
+    model that uses it (CBAM's small-map fast path) fails; this formula replaces it.
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape), transposed=False)
+
+
+def benchmark_timer() -> type:
+    """``torch.utils.benchmark.Timer``, imported without the "No CUDA runtime is found"
+    warning its import (through ``torch.utils.cpp_extension``) logs on CPU-only machines."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
+
+
 def flop_formulas() -> dict:
     """Formulas added to (or replacing) torch's FlopCounterMode registry.
 
@@ -139,14 +166,12 @@ def flop_formulas() -> dict:
     - ``aten._slow_conv2d_forward`` and ``aten.slow_conv3d_forward``, the native
       im2col convs of CBAM's small-map fast path: torch maps the first to its
       generic conv formula, whose arguments it does not have, and counting fails
-      (``convattn.engine.measure._slow_conv_flop`` replaces it);
+      (:func:`_slow_conv_flop` replaces it);
     - ``aten._slow_conv2d_backward`` (no formula in torch: dropped silently). The
       3D one's backward is ``aten.convolution_backward``;
     - ``aten.convolution_backward``: torch's formula ignores ``groups`` for the
       weight gradient (see :func:`_conv_backward_flop`).
     """
-    from ..engine.measure import _slow_conv_flop
-
     aten = torch.ops.aten
     out = {aten.mv: _mv_flop, aten.dot: _dot_flop, aten._slow_conv2d_forward: _slow_conv_flop,
            aten._slow_conv2d_backward: _slow_conv2d_backward_flop,
@@ -255,8 +280,6 @@ def time_interleaved(
     rounds drops (not below ``min_rounds``) when a comparison would take longer
     than ``max_s``.
     """
-    from ..engine.measure import benchmark_timer
-
     Timer = benchmark_timer()
     timers, numbers, est = {}, {}, {}
     for name, fn in fns.items():

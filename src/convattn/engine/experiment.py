@@ -186,7 +186,7 @@ def run_experiment(
         "world_size": world.size,
         "converged": converged,
         "not_converged": [n for n, e in summary_variants.items() if not e["converged"]],
-        "convergence_rule": PLATEAU_RULE.format(metric=metric, points=0.3),
+        "convergence_rule": PLATEAU_RULE.format(metric=metric, points=PLATEAU_POINTS),
         "convergence_warning": None if converged else NOT_CONVERGED,
         "latency_batch": latency_batch,
         "variants": summary_variants,

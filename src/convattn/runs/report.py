@@ -20,7 +20,7 @@ from typing import Any
 
 from ..data.cache import atomic_write_bytes
 from .folders import write_json
-from .stats import ALPHA, NOT_CONVERGED, mean_std
+from .stats import ALPHA, NOT_CONVERGED, PLATEAU_MIN_WINDOW, mean_std
 
 # --------------------------------------------------------------------- tables
 
@@ -197,7 +197,7 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
             ax.fill_between(ep, m - s, m + s, color=line.get_color(), alpha=0.15)
     epochs = min((len(h) for v in summary["variants"].values() for h in v["history"] if h), default=0)
     if epochs >= 4:  # the plateau rule's window: the last quarter of training
-        q = math.ceil(epochs / 4)
+        q = max(PLATEAU_MIN_WINDOW, math.ceil(epochs / 4))
         ax1.axvspan(epochs - q, epochs, color="0.5", alpha=0.12, lw=0, label="plateau window")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"test {metric} (%)")

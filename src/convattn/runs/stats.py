@@ -31,10 +31,13 @@ PLATEAU_POINTS = 0.3
 #: seeds from which a bootstrap interval is reported beside the t interval
 BOOTSTRAP_FROM = 5
 
+#: the fewest per-epoch evaluations the plateau window may hold
+PLATEAU_MIN_WINDOW = 3
+
 PLATEAU_RULE = (
-    "a variant has plateaued when the mean over seeds of its per-epoch held-out {metric} moved by at most "
-    "max({points} points, the seed std at the last epoch) over the last quarter of training (the last "
-    "ceil(E/4) epochs and the epoch before them; at least 4 epochs)"
+    "a variant has plateaued when the mean over seeds of its held-out {metric}, evaluated after every epoch, "
+    "moved (max - min) by at most max({points} points, the seed std at the last epoch) over the epochs that end "
+    "in the last quarter of training (the last ceil(E/4) of E epochs, at least 3)"
 )
 
 NOT_CONVERGED = "not converged: these differences measure how fast each variant learns, not where it ends"
@@ -70,9 +73,9 @@ def plateau(histories: list[list[float]], *, scale: float = 100.0, points: float
     """Apply the plateau rule to per-seed, per-epoch metric values (fractions, scaled to points).
 
     ``histories[k][e]`` is seed k's held-out metric after epoch e + 1. With E
-    epochs (the shortest history), the window is the last ``q = ceil(E/4)``
-    epochs plus the one before them; the mean over seeds may move (max - min
-    within the window) by at most ``max(points, seed std at epoch E)``.
+    epochs (the shortest history), the window is the last
+    ``q = max(3, ceil(E / 4))`` epochs (E >= 4 needed); the mean over seeds may
+    move (max - min within the window) by at most ``max(points, seed std at epoch E)``.
     """
     hist = [list(h) for h in histories if h]
     if not hist:
@@ -82,14 +85,14 @@ def plateau(histories: list[list[float]], *, scale: float = 100.0, points: float
         return Plateau(False, E, 0, None, None,
                        f"{E} epoch(s): the rule needs at least 4 to see a quarter of training")
     a = np.asarray([h[:E] for h in hist], dtype=float) * scale
-    q = math.ceil(E / 4)
-    window = a[:, E - q - 1:].mean(axis=0)
+    q = max(PLATEAU_MIN_WINDOW, math.ceil(E / 4))
+    window = a[:, E - q:].mean(axis=0)
     movement = float(window.max() - window.min())
     std = float(a[:, -1].std(ddof=1)) if len(a) > 1 else 0.0
     tolerance = max(points, std)
-    ok = movement <= tolerance
+    ok = movement <= tolerance + 1e-9
     verb = "moved" if ok else "still moved"
-    reason = (f"the seed mean {verb} {movement:.2f} points over epochs {E - q}-{E} "
+    reason = (f"the seed mean {verb} {movement:.2f} points over epochs {E - q + 1}-{E} "
               f"({'<=' if ok else '>'} tolerance {tolerance:.2f})")
     return Plateau(bool(ok), E, q, movement, tolerance, reason)
 
