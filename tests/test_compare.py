@@ -151,3 +151,44 @@ def test_resume_of_a_finished_compare_reproduces_it(run, cache, capsys):
         assert after["variants"][name]["accuracy"] == before["variants"][name]["accuracy"]
         assert after["variants"][name]["resumed_from_epoch"] == [1, 1]
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
+
+
+def test_sample_efficiency_runs_one_comparison_per_size(tmp_path, cache):
+    threads = torch.get_num_threads()
+    out = tmp_path / "se"
+    code = main(["compare", "--variants", "none,se", "--seeds", "2", "--train-sizes", "32,64", "--epochs", "1",
+                 "--test-size", "32", "--image-size", "16", "--batch-size", "16", "--threads", "1", "--jobs", "1",
+                 "--localisation-images", "16", "--gallery-images", "2", "--cache-dir", cache, "--out", str(out),
+                 "--quiet"])
+    torch.set_num_threads(threads)
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train_sizes"] == [32, 64] and set(m["per_size"]) == {"32", "64"}
+    small, large = m["per_size"]["32"], m["per_size"]["64"]
+    # a fixed set of that size, and the same number of optimisation steps at every size
+    assert small["data"]["train_size"] == 32 and large["data"]["train_size"] == 64
+    assert small["config"]["epochs"] == 2 and large["config"]["epochs"] == 1
+    assert small["config"]["epochs"] * 32 == large["config"]["epochs"] * 64
+    for n in ("32", "64"):
+        sub = json.loads((out / f"size-{n}" / "metrics.json").read_text())
+        assert sub == m["per_size"][n]
+    md = (out / "report.md").read_text()
+    assert "sample_efficiency.png" in md and m["per_size"]["32"]["variants"]["se"]["vs_baseline"]["statement"] in md
+    from PIL import Image
+
+    with Image.open(out / "sample_efficiency.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-sizes", "100,x"], "--train-sizes must be comma-separated positive integers"),
+    (["--train-sizes", "100", "--train-size", "50"], "give --train-size or --train-sizes, not both"),
+    (["--attention-options", "se:bogus=1", "--variants", "none,se"], "se has no option 'bogus'"),
+    (["--canvases", "fixed", "--jobs", "0"], "--jobs must be a positive integer"),
+])
+def test_compare_option_errors_exit_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    assert main(["compare", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()

@@ -22,6 +22,7 @@ import torch
 from ..runs.report import write_report
 from ..runs.stats import (
     NOT_CONVERGED,
+    PLATEAU_POINTS,
     PLATEAU_RULE,
     compare_to_baseline,
     latency_verdict,

@@ -198,7 +198,7 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
     epochs = min((len(h) for v in summary["variants"].values() for h in v["history"] if h), default=0)
     if epochs >= 4:  # the plateau rule's window: the last quarter of training
         q = max(PLATEAU_MIN_WINDOW, math.ceil(epochs / 4))
-        ax1.axvspan(epochs - q, epochs, color="0.5", alpha=0.12, lw=0, label="plateau window")
+        ax1.axvspan(epochs - q + 0.85, epochs + 0.15, color="0.5", alpha=0.12, lw=0, label="plateau window")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"test {metric} (%)")
     ax1.set_title(f"test {metric}: mean ± std over seeds")
@@ -276,13 +276,15 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
                 boot = f" (bootstrap 95 % interval [{vs['bootstrap_low']:+.2f}, {vs['bootstrap_high']:+.2f}])"
             lines.append(f"- {vs['statement']}{boot}")
             any_test = True
+    n_tested = sum(1 for v in summary["variants"].values() if v.get("vs_baseline"))
     if any_test:
         lines += [
             "",
             f"Each statement: the paired difference over {n_seeds} seeds (scipy.stats.ttest_rel and its t interval"
             + ("; a percentile bootstrap of the mean difference from 5 seeds up" if n_seeds >= 5 else "")
-            + f"), Holm's correction over the {sum(1 for v in summary['variants'].values() if v.get('vs_baseline'))} "
-            f"variants at α = {ALPHA}. A difference is called real only when its corrected test says so; "
+            + (f"), Holm's correction over the {n_tested} variants at α = {ALPHA}" if n_tested > 1
+               else f"), one variant, so no correction, α = {ALPHA}")
+            + ". A difference is called real only when its corrected test says so; "
             "'no evidence' does not mean the variants are equal: read the interval and the detectable difference.",
         ]
         if not summary.get("converged"):
