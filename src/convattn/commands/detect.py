@@ -4,7 +4,7 @@ A small torchvision FCOS (resnet18 trunk, FPN, no pretrained weights) whose
 trunk gets each attention variant through :func:`convattn.models.attach`;
 every variant x seed is trained with the engine's loop on the multi-digit
 cluttered-MNIST boxes (or a COCO-format JSON with images), then the compare
-report (mAP@0.5 mean ± std, Welch's t-test against ``none``, params, FLOPs,
+report (mAP@0.5 mean ± std, the paired difference from ``none`` with its interval, whether each variant plateaued, params, FLOPs,
 latency) plus mAP@[.5:.95], per-class AP and a PNG of predicted boxes.
 """
 

@@ -2,7 +2,7 @@
 
 Trains every variant x seed with the engine's loop on the multi-digit
 cluttered-MNIST masks (or an image + mask folder), then writes the compare
-report (mIoU mean ± std, Welch's t-test against ``none``, params, FLOPs,
+report (mIoU mean ± std, the paired difference from ``none`` with its interval, whether each variant plateaued, params, FLOPs,
 latency) plus per-class IoU and a PNG of predictions beside the ground truth.
 See :mod:`convattn.tasks.heads` for the networks and the meaning of the variants.
 """

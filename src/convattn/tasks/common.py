@@ -25,10 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.trainer import TrainConfig
-
-SAVED = ("data", "image_size", "train_size", "test_size", "model", "epochs", "batch_size", "lr",
-         "weight_decay", "momentum", "warmup", "gallery_images", "num_classes")
+from ..engine.trainer import ConfigRecord, TrainConfig
 
 
 @dataclass
@@ -38,7 +35,7 @@ class TaskCommand:
     name: str
     defaults: dict[str, Any]
     models: tuple[str, ...]
-    load_data: Callable[[argparse.Namespace], Any]
+    load_data: Callable[[Any], Any]  # a TaskJob (or anything with its data fields) -> DataBundle
     make_task: Callable[[Any], Any]
     build: Callable[[TrainConfig], nn.Module]
     #: (run_dir, summary, data, models {variant: first-seed model}) -> markdown section (and writes PNGs)
@@ -77,7 +74,7 @@ def add_task_arguments(p: argparse.ArgumentParser, d: dict[str, Any], models: tu
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def embedded(args: argparse.Namespace) -> bool:
+def embedded(args: Any) -> bool:
     from ..data import parse_spec
 
     try:
@@ -87,14 +84,84 @@ def embedded(args: argparse.Namespace) -> bool:
     return kind == "embedded"
 
 
-def run_task_job(cmd: TaskCommand, args: argparse.Namespace) -> int:
-    from ..engine.experiment import run_experiment, variant_label
-    from ..engine.options import (
-        check_positive,
-        check_variant,
-        parse_seeds,
-        parse_variants,
+@dataclass
+class TaskJob(ConfigRecord):
+    """The typed config of a task command (``convattn segment`` / ``convattn detect``); saved in config.json.
+
+    Field names match the command-line options; sizes left at None take the
+    command's defaults on the embedded data and all of a user's data otherwise.
+    """
+
+    command: str
+    variants: list[str]
+    seeds: list[int]
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    warmup: float = 0.1
+    data: str = "cluttered-mnist"
+    image_size: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    num_classes: int | None = None
+    gallery_images: int = 6
+    threads: int | None = None
+    cache_dir: str | None = None
+
+    def validate(self, cmd: TaskCommand) -> TaskJob:
+        from ..engine.options import check_positive, check_variant
+
+        if self.command != cmd.name:
+            raise ValueError(f"a {self.command!r} job cannot run as {cmd.name!r}")
+        self.variants = [check_variant(v) for v in self.variants]
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be distinct and not empty, got {self.variants!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
+        for name in ("epochs", "batch_size", "gallery_images"):
+            check_positive(name.replace("_", "-"), getattr(self, name), allow_none=False)
+        for name in ("image_size", "train_size", "test_size", "threads", "num_classes"):
+            check_positive(name.replace("_", "-"), getattr(self, name))
+        if self.model not in cmd.models:
+            raise ValueError(f"unknown --model {self.model!r}; valid: {', '.join(cmd.models)}")
+        if embedded(self):
+            for k in ("image_size", "train_size", "test_size"):
+                if getattr(self, k) is None:
+                    setattr(self, k, cmd.defaults[k])
+        TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                    momentum=self.momentum, warmup=self.warmup).validate()
+        return self
+
+
+def task_job_from_args(cmd: TaskCommand, args: argparse.Namespace) -> TaskJob:
+    from ..engine.options import parse_seeds, parse_variants
+
+    return TaskJob(
+        command=cmd.name, variants=parse_variants(args.variants), seeds=parse_seeds(args.seeds), model=args.model,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        momentum=args.momentum, warmup=args.warmup, data=args.data, image_size=args.image_size,
+        train_size=args.train_size, test_size=args.test_size, num_classes=args.num_classes,
+        gallery_images=args.gallery_images, threads=args.threads, cache_dir=args.cache_dir,
     )
+
+
+def run_task_job(cmd: TaskCommand, args: argparse.Namespace) -> int:
+    """The command line's entry: arguments (or ``--resume``) -> :class:`TaskJob` -> :func:`run_task`."""
+    job = None if args.resume is not None else task_job_from_args(cmd, args)
+    run_dir = run_task(cmd, job, out=args.out, resume=args.resume, quiet=args.quiet)
+    print(f"report: {run_dir / 'report.md'}", flush=True)
+    print(str(run_dir), flush=True)
+    return 0
+
+
+def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = None,
+             resume: str | Path | None = None, quiet: bool = True) -> Path:
+    """Train and report a task comparison; returns the run folder (metrics.json holds the numbers)."""
+    from ..engine.experiment import run_experiment, variant_label
     from ..engine.progress import Progress
     from ..runs.folders import (
         check_out_free,
@@ -107,51 +174,41 @@ def run_task_job(cmd: TaskCommand, args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     resume_dir = None
-    if args.resume is not None:
-        payload = load_run_config(args.resume, cmd.name)
-        for k, v in payload["args"].items():
-            setattr(args, k, v)
-        variants, seeds = [check_variant(v) for v in payload["variants"]], payload["seeds"]
-        resume_dir = Path(args.resume).expanduser()
+    if resume is not None:
+        payload = load_run_config(resume, cmd.name)
+        if not isinstance(payload.get("job"), dict):
+            raise ValueError(f"--resume {resume}: config.json has no 'job' table (made by an older convattn?)")
+        try:
+            job = TaskJob.from_dict(payload["job"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--resume {resume}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+        resume_dir = Path(resume).expanduser()
     else:
-        check_out_free(args.out)
-        variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
-    for name in ("epochs", "batch_size", "gallery_images"):
-        check_positive(name.replace("_", "-"), getattr(args, name), allow_none=False)
-    for name in ("image_size", "train_size", "test_size", "threads", "num_classes"):
-        check_positive(name.replace("_", "-"), getattr(args, name))
-    if args.model not in cmd.models:
-        raise ValueError(f"unknown --model {args.model!r}; valid: {', '.join(cmd.models)}")
-    d = cmd.defaults
-    if embedded(args):
-        for k in ("image_size", "train_size", "test_size"):
-            if getattr(args, k) is None:
-                setattr(args, k, d[k])
-    TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                momentum=args.momentum, warmup=args.warmup).validate()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = cmd.load_data(args)
-    if len(data.train) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the training set ({len(data.train)} images); "
+        check_out_free(out)
+    job.validate(cmd)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    data = cmd.load_data(job)
+    if len(data.train) < job.batch_size:
+        raise ValueError(f"--batch-size {job.batch_size} is larger than the training set ({len(data.train)} images); "
                          f"valid: 1..{len(data.train)}")
     base = TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, momentum=args.momentum, warmup=args.warmup, data=args.data,
-        image_size=data.image_size, train_size=args.train_size, test_size=args.test_size,
-        num_classes=data.num_classes, in_chans=data.in_chans, eval_batch_size=d.get("eval_batch_size", 100),
+        model=job.model, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
+        weight_decay=job.weight_decay, momentum=job.momentum, warmup=job.warmup, data=job.data,
+        image_size=data.image_size, train_size=job.train_size, test_size=job.test_size,
+        num_classes=data.num_classes, in_chans=data.in_chans, eval_batch_size=cmd.defaults.get("eval_batch_size", 100),
     ).validate()
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(args.out, cmd.name)
-    save_run_config(run_dir, {"command": cmd.name, "variants": variants, "seeds": seeds,
-                              "args": {k: getattr(args, k, None) for k in SAVED},
-                              "train_config": base.as_dict(), "cache_dir": args.cache_dir})
+    variants, seeds = job.variants, job.seeds
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, cmd.name)
+    save_run_config(run_dir, {"command": cmd.name, "job": job.as_dict(), "train_config": base.as_dict(),
+                              "cache_dir": job.cache_dir})
     task = cmd.make_task(data)
-    with Progress(quiet=args.quiet) as progress:
+    with Progress(quiet=quiet) as progress:
         if resume_dir is not None:
             progress.print(f"resuming {run_dir} with its saved options")
         summary = run_experiment(
             cmd.name, variants, seeds, base, data, run_dir, task=task, progress=progress,
-            resume=resume_dir is not None, gallery_images=args.gallery_images, build=cmd.build,
+            resume=resume_dir is not None, gallery_images=job.gallery_images, build=cmd.build,
             extra={"classes": list(data.classes)},
         )
     models: dict[str, nn.Module] = {}
@@ -171,11 +228,12 @@ def run_task_job(cmd: TaskCommand, args: argparse.Namespace) -> int:
     marker = "## Files"
     text = text.replace(marker, section.rstrip() + "\n\n" + marker, 1) if marker in text else text + "\n" + section
     report.write_text(text)
-    if not args.quiet:
+    if not quiet:
         progress.console.print(summary_table(summary))
-    print(f"report: {report}", flush=True)
-    print(str(run_dir), flush=True)
-    return 0
+        if not summary.get("converged"):
+            progress.console.print(f"[bold red]{summary['convergence_warning']}[/] "
+                                   f"(not plateaued: {', '.join(summary['not_converged'])})")
+    return run_dir
 
 
 def per_class_table(summary: dict[str, Any], prefix: str, classes: list[str], title: str) -> tuple[str, dict]:

@@ -32,7 +32,6 @@ loss is measured while training.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -140,7 +139,7 @@ def build(cfg) -> nn.Module:
     return build_detector(cfg.attention, cfg.num_classes, cfg.in_chans, cfg.image_size)
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args):  # a TaskJob: data, image_size, train_size, test_size, num_classes, cache_dir
     map_backend()  # fail before any work when mAP cannot be computed
     if embedded(args):
         from ..data.multidigit import load_multidigit

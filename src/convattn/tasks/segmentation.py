@@ -13,7 +13,6 @@ has no IoU). With every class present this is torchmetrics'
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def build(cfg) -> nn.Module:
     return build_segmenter(cfg.model, cfg.attention, cfg.num_classes, cfg.in_chans)
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args):  # a TaskJob: data, image_size, train_size, test_size, num_classes, cache_dir
     if embedded(args):
         from ..data.multidigit import load_multidigit
 
