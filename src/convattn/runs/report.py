@@ -175,6 +175,7 @@ def write_csv(path: str | Path, summary: dict[str, Any]) -> Path:
 
 
 def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
+    """Test metric and training loss per epoch (mean ± std over seeds), and the plateau window enlarged."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -182,7 +183,10 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
     import numpy as np
 
     metric = summary["metric"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = min((len(h) for v in summary["variants"].values() for h in v["history"] if h), default=0)
+    q = max(PLATEAU_MIN_WINDOW, math.ceil(epochs / 4)) if epochs >= 4 else 0
+    fig, axes = plt.subplots(1, 3 if q else 2, figsize=(14 if q else 10, 3.8))
+    ax1, ax2 = axes[0], axes[1]
     for name, v in summary["variants"].items():
         hist = [h for h in v["history"] if h]
         if not hist:
@@ -195,17 +199,24 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
             s = a.std(0, ddof=1) if len(a) > 1 else np.zeros_like(m)
             line = ax.plot(ep, m, marker="o", ms=3, label=name)[0]
             ax.fill_between(ep, m - s, m + s, color=line.get_color(), alpha=0.15)
-    epochs = min((len(h) for v in summary["variants"].values() for h in v["history"] if h), default=0)
-    if epochs >= 4:  # the plateau rule's window: the last quarter of training
-        q = max(PLATEAU_MIN_WINDOW, math.ceil(epochs / 4))
+            if q and ax is ax1:
+                ok = v.get("converged")
+                axes[2].plot(ep[-q:], m[-q:], marker="o", ms=4, color=line.get_color(),
+                             ls="-" if ok else "--", label=f"{name} ({'plateaued' if ok else 'not plateaued'})")
+    if q:
         ax1.axvspan(epochs - q + 0.85, epochs + 0.15, color="0.5", alpha=0.12, lw=0, label="plateau window")
+        ax3 = axes[2]
+        ax3.set_xlabel("epoch")
+        ax3.set_ylabel(f"test {metric} (%), seed mean")
+        ax3.set_title(f"plateau window (last {q} epochs), enlarged")
+        ax3.legend(fontsize=7)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"test {metric} (%)")
     ax1.set_title(f"test {metric}: mean ± std over seeds")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("train loss")
     ax2.set_title("training loss (epoch mean)")
-    for ax in (ax1, ax2):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax1.legend(fontsize=8)
