@@ -185,10 +185,15 @@ def test_sample_efficiency_runs_one_comparison_per_size(tmp_path, cache):
     (["--train-sizes", "100", "--train-size", "50"], "give --train-size or --train-sizes, not both"),
     (["--attention-options", "se:bogus=1", "--variants", "none,se"], "se has no option 'bogus'"),
     (["--canvases", "fixed", "--jobs", "0"], "--jobs must be a positive integer"),
+    (["--attention-options", "se:reduction=32", "--variants", "none,se", "--train-size", "32", "--test-size", "16",
+      "--epochs", "1"], "attention 'se' with {'reduction': 32} does not fit resnet8"),
 ])
-def test_compare_option_errors_exit_2(tmp_path, capsys, argv, message):
+def test_compare_option_errors_exit_2(tmp_path, cache, capsys, argv, message):
     out = tmp_path / "never"
-    assert main(["compare", *argv, "--out", str(out)]) == 2
+    threads = torch.get_num_threads()
+    code = main(["compare", *argv, "--threads", "1", "--cache-dir", cache, "--out", str(out)])
+    torch.set_num_threads(threads)
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()

@@ -226,6 +226,7 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
         data = job.load_data()
         base = job.train_config(in_chans=data.in_chans, num_classes=data.num_classes, image_size=data.image_size)
         _check_batch(base, data, world)
+        _check_models(job, base)
         run_dir = None
         if world.is_main:
             run_dir = resume_dir if resume_dir is not None else new_run_dir(out, job.command)
@@ -262,6 +263,20 @@ def _check_batch(base: TrainConfig, data: Any, world: distributed.World) -> None
             f"--batch-size {base.batch_size} is larger than the training set ({len(data.train)} images); "
             f"valid: 1..{len(data.train)}"
         )
+
+
+def _check_models(job: Comparison, base: TrainConfig) -> None:
+    """Build every variant's model once, so that options that do not fit it fail before any folder exists."""
+    from .trainer import build_model
+
+    for v in job.variants:
+        cfg = dataclasses.replace(base, attention=None if v == "none" else v,
+                                  attention_options=dict(job.attention_options.get(v, {})))
+        try:
+            build_model(cfg)
+        except (TypeError, ValueError) as e:
+            opts = f" with {cfg.attention_options}" if cfg.attention_options else ""
+            raise ValueError(f"attention {v!r}{opts} does not fit {job.model}: {' '.join(str(e).split())}") from None
 
 
 def _print_summary(progress: Progress, summary: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 #: cores, trained until the plateau rule holds; its measured numbers are in the README)
 DEFAULTS = {
     "model": "resnet8",
-    "epochs": 16,
+    "epochs": 20,
     "batch_size": 16,
     "lr": 0.05,
     "weight_decay": 5e-4,
