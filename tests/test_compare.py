@@ -85,8 +85,11 @@ def test_report_numbers_equal_metrics_json(run):
     assert float(table["cbam"]["energy in box"]) == round(loc["energy_in_box"], 3)
     assert 0 <= loc["pointing_game"] <= 1 and 0 <= loc["energy_in_box"] <= 1
     vs = m["variants"]["cbam"]["vs_baseline"]
+    from convattn.runs.stats import signed
+
     assert table["cbam"]["Δ vs baseline, points [95 % CI]"] == (
-        f"{vs['mean']:+.2f} [{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]" if vs["ci_low"] is not None else f"{vs['mean']:+.2f}")
+        f"{signed(vs['mean'])} [{signed(vs['ci_low'])}, {signed(vs['ci_high'])}]" if vs["ci_low"] is not None
+        else signed(vs["mean"]))
     per_seed = [(a - b) * 100 for a, b in zip(m["variants"]["cbam"]["accuracy"], m["variants"]["none"]["accuracy"],
                                                strict=True)]
     assert vs["mean"] == pytest.approx(sum(per_seed) / 2)

@@ -93,6 +93,10 @@ def test_paired_identical_runs_say_identical():
     assert "identical on every seed" in d.statement
 
 
+def test_signed_never_prints_minus_zero():
+    assert stats.signed(-1e-15) == "+0.00" and stats.signed(-0.004) == "+0.00" and stats.signed(-0.3) == "-0.30"
+
+
 def test_paired_difference_needs_equal_lengths():
     with pytest.raises(ValueError, match="2 values against 3"):
         stats.paired_difference([1, 2], [1, 2, 3])

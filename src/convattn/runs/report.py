@@ -20,7 +20,7 @@ from typing import Any
 
 from ..data.cache import atomic_write_bytes
 from .folders import write_json
-from .stats import ALPHA, NOT_CONVERGED, PLATEAU_MIN_WINDOW, mean_std
+from .stats import ALPHA, NOT_CONVERGED, PLATEAU_MIN_WINDOW, mean_std, signed
 
 # --------------------------------------------------------------------- tables
 
@@ -64,9 +64,9 @@ def table_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         if vs is None:
             diff = "baseline" if name == base else "–"
         elif vs.get("ci_low") is None:
-            diff = f"{vs['mean']:+.2f}"
+            diff = signed(vs["mean"])
         else:
-            diff = f"{vs['mean']:+.2f} [{vs['ci_low']:+.2f}, {vs['ci_high']:+.2f}]"
+            diff = f"{signed(vs['mean'])} [{signed(vs['ci_low'])}, {signed(vs['ci_high'])}]"
         lat = v.get("latency")
         if name == base:
             latency = f"1 ({v['latency_s'] * 1e3:.3f} ms/img)" if v.get("latency_s") else "–"
@@ -284,7 +284,7 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
             vs = v["vs_baseline"]
             boot = ""
             if vs.get("bootstrap_low") is not None:
-                boot = f" (bootstrap 95 % interval [{vs['bootstrap_low']:+.2f}, {vs['bootstrap_high']:+.2f}])"
+                boot = f" (bootstrap 95 % interval [{signed(vs['bootstrap_low'])}, {signed(vs['bootstrap_high'])}])"
             lines.append(f"- {vs['statement']}{boot}")
             any_test = True
     n_tested = sum(1 for v in summary["variants"].values() if v.get("vs_baseline"))

@@ -156,9 +156,9 @@ class Difference:
     def finish(self, alpha: float = ALPHA) -> Difference:
         """Set ``verdict`` and ``statement`` from the numbers (Holm's p when set)."""
         u = self.unit
-        head = f"{self.variant}: {self.mean:+.2f}{' ' + u if u else ''}"
+        head = f"{self.variant}: {signed(self.mean)}{' ' + u if u else ''}"
         if self.ci_low is not None and self.ci_high is not None:
-            head += f" [{self.ci_low:+.2f}, {self.ci_high:+.2f}]"
+            head += f" [{signed(self.ci_low)}, {signed(self.ci_high)}]"
         p = self.p_holm if self.p_holm is not None else self.p_value
         if self.n < 2:
             self.verdict = "not tested"
@@ -185,6 +185,11 @@ class Difference:
                     f"{self.minimal_detectable:.2f}{' ' + u if u else ''}")
         self.statement = f"{head}; {words}{tail}."
         return self
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """``x`` with its sign, never "-0.00" for a value that rounds to zero."""
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
 
 
 def _p(p: float) -> str:
