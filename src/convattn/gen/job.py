@@ -15,10 +15,13 @@ import dataclasses
 import os
 import resource
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..engine.trainer import ConfigRecord
 
 DEFAULTS: dict[str, Any] = {
     "seeds": 2,
@@ -39,9 +42,6 @@ DEFAULTS: dict[str, Any] = {
     "classifier_epochs": 3,
 }
 
-#: argparse fields saved in config.json and restored by --resume
-SAVED = ("attn_res", "epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "n_critic", "ema_decay",
-         "spectral_norm", "conditioning", "width", "z_dim", "train_size", "eval_samples", "classifier_epochs")
 BASELINE = "none"
 SAMPLE_SEED = 20260501
 
@@ -58,7 +58,41 @@ def _loadavg() -> float:
         return float("nan")
 
 
-def base_config(args: argparse.Namespace) -> Any:
+@dataclass
+class GenerateJob(ConfigRecord):
+    """The typed config of ``convattn generate`` (field names = its options); saved in config.json."""
+
+    variants: list[str] = field(default_factory=lambda: ["none", "sagan"])
+    seeds: list[int] = field(default_factory=lambda: list(range(DEFAULTS["seeds"])))
+    attn_res: int = DEFAULTS["attn_res"]
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    lr_g: float = DEFAULTS["lr_g"]
+    lr_d: float = DEFAULTS["lr_d"]
+    beta1: float = DEFAULTS["beta1"]
+    beta2: float = DEFAULTS["beta2"]
+    n_critic: int = DEFAULTS["n_critic"]
+    ema_decay: float = DEFAULTS["ema_decay"]
+    spectral_norm: str = DEFAULTS["spectral_norm"]
+    conditioning: str = DEFAULTS["conditioning"]
+    width: int = DEFAULTS["width"]
+    z_dim: int = DEFAULTS["z_dim"]
+    train_size: int | None = None
+    eval_samples: int = DEFAULTS["eval_samples"]
+    classifier_epochs: int = DEFAULTS["classifier_epochs"]
+    threads: int | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerateJob:
+        from ..engine.options import parse_seeds, parse_variants
+
+        names = {f.name for f in dataclasses.fields(cls)} - {"variants", "seeds"}
+        return cls(variants=parse_variants(args.variants), seeds=parse_seeds(args.seeds),
+                   **{k: getattr(args, k) for k in names})
+
+
+def base_config(args: Any) -> Any:
     from .train import GenConfig
 
     for name in ("epochs", "batch_size", "eval_samples", "classifier_epochs", "n_critic", "width", "z_dim"):
@@ -96,22 +130,41 @@ def check_variants(variants: list[str], base: Any) -> dict[str, tuple[int, int]]
 
 
 def run_generate_job(args: argparse.Namespace) -> int:
-    from ..engine.options import parse_seeds, parse_variants
+    """The command line's entry: arguments (or ``--resume``) -> :class:`GenerateJob` -> :func:`run_generation`."""
+    job = None if args.resume is not None else GenerateJob.from_args(args)
+    run_dir = run_generation(job, out=args.out, resume=args.resume, quiet=args.quiet)
+    print(f"report: {run_dir / 'report.md'}", flush=True)
+    print(str(run_dir), flush=True)
+    return 0
+
+
+def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, resume: str | Path | None = None,
+                   quiet: bool = True) -> Path:
+    """Train and report the GAN comparison; returns the run folder (metrics.json holds the numbers)."""
+    from ..engine.options import check_variant
     from ..engine.progress import Progress
-    from ..runs.folders import check_out_free, load_run_config, new_run_dir, save_run_config
+    from ..runs.folders import (
+        check_out_free,
+        load_run_config,
+        new_run_dir,
+        save_run_config,
+    )
 
     t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _loadavg()
     resume_dir = None
-    if args.resume is not None:
-        payload = load_run_config(args.resume, "generate")
-        for k, v in payload["args"].items():
-            setattr(args, k, v)
-        variants, seeds = payload["variants"], payload["seeds"]
-        resume_dir = Path(args.resume).expanduser()
+    if resume is not None:
+        payload = load_run_config(resume, "generate")
+        if not isinstance(payload.get("job"), dict):
+            raise ValueError(f"--resume {resume}: config.json has no 'job' table (made by an older convattn?)")
+        try:
+            job = GenerateJob.from_dict(payload["job"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--resume {resume}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+        resume_dir = Path(resume).expanduser()
     else:
-        variants, seeds = parse_variants(args.variants), parse_seeds(args.seeds)
-        check_out_free(args.out)
-    base = base_config(args)
+        check_out_free(out)
+    variants, seeds = [check_variant(v) for v in job.variants], list(job.seeds)
+    base = base_config(job)
     sizes = check_variants(variants, base)
     from .train import load_digits
 
@@ -119,37 +172,29 @@ def run_generate_job(args: argparse.Namespace) -> int:
     if len(digits.train_x) < base.batch_size:
         raise ValueError(f"--batch-size {base.batch_size} is larger than the training set ({len(digits.train_x)} "
                          f"digits); valid: 1..{len(digits.train_x)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(args.out, "generate")
-    save_run_config(run_dir, {
-        "command": "generate",
-        "variants": variants,
-        "seeds": seeds,
-        "args": {k: getattr(args, k, None) for k in SAVED},
-        "gen_config": base.as_dict(),
-        "cache_dir": args.cache_dir,
-    })
-    with Progress(quiet=args.quiet) as progress:
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, "generate")
+    save_run_config(run_dir, {"command": "generate", "job": job.as_dict(), "gen_config": base.as_dict(),
+                              "cache_dir": job.cache_dir})
+    with Progress(quiet=quiet) as progress:
         if resume_dir is not None:
             progress.print(f"resuming {run_dir} with its saved options")
         summary = run_generate(variants, seeds, base, run_dir, sizes, progress=progress, resume=resume_dir is not None,
-                               classifier_epochs=args.classifier_epochs, cache=args.cache_dir, digits=digits)
+                               classifier_epochs=job.classifier_epochs, cache=job.cache_dir, digits=digits)
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["cpu_seconds"] = _cpu_seconds() - c0
     summary["load_average"] = {"start": load0, "end": _loadavg()}
     from .report import summary_table, write_report
 
     write_report(run_dir, summary, summary.pop("_files"))
-    if not args.quiet:
+    if not quiet:
         from rich.console import Console
 
         Console(width=max(progress.console.width, 150)).print(summary_table(summary))
         print(f"wall time {summary['wall_seconds']:.1f} s, CPU time {summary['cpu_seconds']:.1f} s, "
               f"load average {load0:.1f} -> {summary['load_average']['end']:.1f}", flush=True)
-    print(f"report: {run_dir / 'report.md'}", flush=True)
-    print(str(run_dir), flush=True)
-    return 0
+    return run_dir
 
 
 def run_generate(
