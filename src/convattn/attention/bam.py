@@ -7,7 +7,7 @@ Forward, X of shape (B, C, *S), h = C // r, two parallel branches computed from 
 
     channel   M_c = W2 relu(BN1d(W1 GAP(X))) + b2                      (B, C)
               W1: h x C, W2: C x h (BN on the hidden layer, as the official code;
-              the paper puts it after the MLP, issue #49)
+              the paper's text puts it after the MLP)
     spatial   M_s = Conv1x1(h -> 1)                                    (B, *S)
                     o [relu o BN o Conv3x3(h -> h, dilation d, padding d)] x n
                     o relu o BN o Conv1x1(C -> h)(X)

@@ -18,9 +18,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp64": "float64", "double": "float64"}
 
-#: the shapes of the module benchmark in issue 2
+#: the module benchmark's shapes: a ResNet stage-3 map at batch 8 and a stage-1 map at batch 32
 DEFAULT_MODULE_SHAPES: tuple[tuple[int, ...], ...] = ((8, 256, 28, 28), (32, 64, 56, 56))
-#: batch 8 at 224 x 224, as the whole-model target of issue 8
+#: the whole-model benchmark's input: batch 8 at 224 x 224 (ImageNet size)
 DEFAULT_MODEL_SHAPE: tuple[int, ...] = (8, 3, 224, 224)
 
 
