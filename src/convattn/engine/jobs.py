@@ -24,7 +24,7 @@ import torch
 
 from ..runs.folders import (
     check_out_free,
-    load_run_config,
+    load_job,
     new_run_dir,
     save_run_config,
     to_jsonable,
@@ -196,14 +196,7 @@ def comparison_from_args(command: str, args: argparse.Namespace, variants: list[
 
 def load_comparison(run_dir: str | Path, command: str) -> Comparison:
     """The :class:`Comparison` saved in a run folder's ``config.json``."""
-    payload = load_run_config(run_dir, command)
-    job = payload.get("job")
-    if not isinstance(job, dict):
-        raise ValueError(f"--resume {run_dir}: config.json has no 'job' table (made by an older convattn?)")
-    try:
-        return Comparison.from_dict(job)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--resume {run_dir}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+    return load_job(run_dir, command, Comparison)
 
 
 def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: str | Path | None = None,
@@ -222,7 +215,7 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
     world = distributed.setup()
     try:
         if job.train_sizes is not None:
-            return _run_sample_efficiency(job, out, resume_dir, quiet, world, t0)
+            return _run_sample_efficiency(job, out, resume_dir, quiet, t0)
         data = job.load_data()
         base = job.train_config(in_chans=data.in_chans, num_classes=data.num_classes, image_size=data.image_size)
         _check_batch(base, data, world)
@@ -293,7 +286,7 @@ def _print_summary(progress: Progress, summary: dict[str, Any]) -> None:
             progress.console.print(f"  {v['vs_baseline']['statement']}")
 
 
-def _run_sample_efficiency(job: Comparison, out, resume_dir, quiet, world, t0) -> CompareResult:
+def _run_sample_efficiency(job: Comparison, out, resume_dir, quiet, t0) -> CompareResult:
     """One comparison per training-set size, then accuracy against size with the intervals."""
     from ..runs.report import write_sample_efficiency
 

@@ -145,7 +145,7 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
     from ..engine.progress import Progress
     from ..runs.folders import (
         check_out_free,
-        load_run_config,
+        load_job,
         new_run_dir,
         save_run_config,
     )
@@ -153,13 +153,7 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
     t0, c0, load0 = time.perf_counter(), _cpu_seconds(), _loadavg()
     resume_dir = None
     if resume is not None:
-        payload = load_run_config(resume, "generate")
-        if not isinstance(payload.get("job"), dict):
-            raise ValueError(f"--resume {resume}: config.json has no 'job' table (made by an older convattn?)")
-        try:
-            job = GenerateJob.from_dict(payload["job"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--resume {resume}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+        job = load_job(resume, "generate", GenerateJob)
         resume_dir = Path(resume).expanduser()
     else:
         check_out_free(out)

@@ -88,3 +88,15 @@ def load_run_config(run_dir: str | Path, command: str) -> dict[str, Any]:
         if key in payload and not isinstance(payload[key], kind):
             raise ValueError(f"--resume {path}: config.json's {key!r} must be a JSON {kind.__name__}")
     return payload
+
+
+def load_job(run_dir: str | Path, command: str, cls: type) -> Any:
+    """The typed job (``cls.from_dict``) saved as ``config.json``'s ``job`` table, for ``--resume``."""
+    payload = load_run_config(run_dir, command)
+    job = payload.get("job")
+    if not isinstance(job, dict):
+        raise ValueError(f"--resume {run_dir}: config.json has no 'job' table (made by an older convattn?)")
+    try:
+        return cls.from_dict(job)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--resume {run_dir}: config.json's job is malformed ({str(e).splitlines()[0]})") from None

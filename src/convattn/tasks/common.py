@@ -165,7 +165,7 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
     from ..engine.progress import Progress
     from ..runs.folders import (
         check_out_free,
-        load_run_config,
+        load_job,
         new_run_dir,
         save_run_config,
         write_json,
@@ -175,13 +175,7 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
     t0 = time.perf_counter()
     resume_dir = None
     if resume is not None:
-        payload = load_run_config(resume, cmd.name)
-        if not isinstance(payload.get("job"), dict):
-            raise ValueError(f"--resume {resume}: config.json has no 'job' table (made by an older convattn?)")
-        try:
-            job = TaskJob.from_dict(payload["job"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--resume {resume}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+        job = load_job(resume, cmd.name, TaskJob)
         resume_dir = Path(resume).expanduser()
     else:
         check_out_free(out)
