@@ -3,17 +3,22 @@
 Small CNNs use two cores poorly inside one training (each step is a chain of
 small ops); two trainings side by side on one thread each get more done. A
 training's numbers do not depend on how many run beside it: each worker calls
-the same :func:`convattn.engine.fit` with the same config and checkpoint
-folder as a sequential run with ``threads_per_training`` threads would.
+the same training function with the same config and checkpoint folder as a
+sequential run with ``threads_per_training`` threads would.
 
 Workers are forked (Linux, macOS), so they share the data set already in
 memory; where fork is not available the trainings run one after the other.
+:func:`map_forked` is the general runner (``convattn generate`` uses it for its
+GANs); :func:`train_many` runs :func:`convattn.engine.fit` trainings with it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,19 +46,70 @@ def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods()
 
 
-def _worker(index: int) -> tuple[int, dict[str, Any]]:
+def _run_one(index: int) -> tuple[int, Any]:
     s = _SHARED
-    t: Training = s["trainings"][index]
     torch.set_num_threads(s["threads"])
     queue = s["queue"]
+    return index, s["fn"](s["items"][index], queue.put)
 
-    def report(epoch: int, row: dict[str, float]) -> None:
-        queue.put((t.label, epoch, t.cfg.epochs, row))
 
-    res = fit(t.cfg, s["data"], s["task"], checkpoint_dir=t.checkpoint_dir, resume=s["resume"],
-              on_epoch_end=report, build=s["build"], world=distributed.World())
-    return index, {"history": res.history, "final": res.final, "seconds": res.seconds,
-                   "resumed_from": res.resumed_from}
+def map_forked(fn: Callable[[Any, Callable[[str], None]], Any], items: list[Any], *, workers: int,
+               threads: int = 1, progress: Progress | None = None,
+               on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """``[fn(item, say) for item in items]``, ``workers`` at a time in forked processes of ``threads`` threads.
+
+    ``fn`` runs in the child and returns something picklable and free of
+    tensors (torch sends tensors as shared-memory handles, which die with the
+    worker); ``say(text)`` prints ``text`` through ``progress`` in the parent. ``on_done(index,
+    result)`` runs in the parent as each item finishes. With ``workers <= 1``,
+    one item, or no fork, the items run here one after the other (``say`` then
+    prints directly).
+    """
+    progress = progress or Progress(quiet=True)
+    if workers <= 1 or len(items) <= 1 or not can_fork():
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item, progress.print))
+            if on_done is not None:
+                on_done(i, out[-1])
+        return out
+    ctx = mp.get_context("fork")
+    queue = ctx.SimpleQueue()
+    _SHARED.update(fn=fn, items=items, threads=threads, queue=queue)
+
+    def relay() -> None:
+        while True:
+            text = queue.get()
+            if text is None:
+                return
+            progress.print(text)
+
+    listener = threading.Thread(target=relay, daemon=True)
+    listener.start()
+    results: dict[int, Any] = {}
+    try:
+        # a worker that dies (killed, out of memory, a crash in native code) fails the map with
+        # BrokenProcessPool instead of leaving the parent waiting for a result that never comes
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx) as pool:
+            pending = [pool.submit(_run_one, i) for i in range(len(items))]
+            try:
+                for fut in as_completed(pending):
+                    index, res = fut.result()
+                    results[index] = res
+                    if on_done is not None:
+                        on_done(index, res)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    except BrokenProcessPool:
+        raise RuntimeError("a training worker process died without a result (killed, out of memory, "
+                           "or a crash in native code); rerun with --jobs 1 to see its error") from None
+    finally:
+        queue.put(None)
+        listener.join(timeout=5)
+        _SHARED.clear()
+    return [results[i] for i in range(len(items))]
 
 
 def train_many(trainings: list[Training], data: Any, task: Any, *, build: Any = None, resume: bool = False,
@@ -70,37 +126,24 @@ def train_many(trainings: list[Training], data: Any, task: Any, *, build: Any = 
             progress.overall_advance()
         return out
 
-    ctx = mp.get_context("fork")
-    queue = ctx.SimpleQueue()
-    _SHARED.update(trainings=trainings, data=data, task=task, build=build, resume=resume,
-                   threads=threads_per_training, queue=queue)
+    def one(t: Training, say: Callable[[str], None]) -> dict[str, Any]:
+        def report(epoch: int, row: dict[str, float]) -> None:
+            say(f"{t.label}: epoch {epoch}/{t.cfg.epochs}  train loss {row['train_loss']:.4f}  "
+                f"test {task.metric} {row['test_' + task.metric]:.4f}")
 
-    def relay() -> None:
-        while True:
-            item = queue.get()
-            if item is None:
-                return
-            label, epoch, epochs, row = item
-            progress.print(f"{label}: epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  "
-                           f"test {task.metric} {row['test_' + task.metric]:.4f}")
+        res = fit(t.cfg, data, task, checkpoint_dir=t.checkpoint_dir, resume=resume, on_epoch_end=report,
+                  build=build, world=distributed.World())
+        return {"history": res.history, "final": res.final, "seconds": res.seconds, "resumed_from": res.resumed_from}
 
-    listener = threading.Thread(target=relay, daemon=True)
-    listener.start()
-    results: dict[int, dict[str, Any]] = {}
-    try:
-        with ctx.Pool(processes=min(workers, len(trainings)), maxtasksperchild=1) as pool:
-            for index, res in pool.imap_unordered(_worker, range(len(trainings))):
-                results[index] = res
-                progress.print(f"{trainings[index].label}: done, test {task.metric} "
-                               f"{res['final'].get(task.metric, float('nan')):.4f}")
-                progress.overall_advance()
-    finally:
-        queue.put(None)
-        listener.join(timeout=5)
-        _SHARED.clear()
+    def done(index: int, res: dict[str, Any]) -> None:
+        progress.print(f"{trainings[index].label}: done, test {task.metric} "
+                       f"{res['final'].get(task.metric, float('nan')):.4f}")
+        progress.overall_advance()
+
+    results = map_forked(one, trainings, workers=workers, threads=threads_per_training, progress=progress,
+                         on_done=done)
     out = []
-    for i, t in enumerate(trainings):
-        r = results[i]
+    for t, r in zip(trainings, results, strict=True):
         torch.manual_seed(t.cfg.seed)
         model = (build or build_model)(t.cfg)
         model.load_state_dict(load_checkpoint(t.checkpoint_dir, optimizer=False)["model_state"])

@@ -88,3 +88,14 @@ class Progress:
             self._bars.console.print(text, highlight=False)
         else:
             print(text, file=sys.stdout, flush=True)
+
+
+class Relay(Progress):
+    """No bars; every :meth:`print` goes to ``say`` (a forked worker's line to the parent's display)."""
+
+    def __init__(self, say: Any):
+        super().__init__(quiet=True)
+        self._say = say
+
+    def print(self, text: str) -> None:
+        self._say(text)
