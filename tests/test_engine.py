@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -161,3 +162,44 @@ def test_flops_count_the_native_small_map_conv():
             return torch._C._nn.thnn_conv2d(x, conv.weight, (7, 7), conv.bias, (1, 1), (3, 3))
 
     assert count_flops(Slow(), (1, 2, 8, 8)) == count_flops(conv, (1, 2, 8, 8)) == 2 * 8 * 8 * 2 * 49
+
+
+def test_optimizer_choice(data):
+    from convattn.engine.trainer import TrainConfig, fit
+
+    base = TrainConfig(epochs=1, batch_size=32, lr=0.01, train_size=64, test_size=32, image_size=16)
+    sgd = fit(base, data)
+    adam = fit(dataclasses.replace(base, optimizer="adamw"), data)
+    assert sgd.final["loss"] != adam.final["loss"]
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'; valid: sgd, adamw"):
+        dataclasses.replace(base, optimizer="adam").validate()
+
+
+def _square_or_die(item, say):
+    import os
+    import signal
+
+    if item == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    say(f"item {item}")
+    return item * item
+
+
+@pytest.mark.skipif(not __import__("convattn.engine.parallel", fromlist=["can_fork"]).can_fork(),
+                    reason="needs fork")
+def test_map_forked_returns_in_order_and_fails_when_a_worker_dies():
+    from convattn.engine.parallel import map_forked
+    from convattn.engine.progress import Progress
+
+    seen, said = [], []
+
+    class Capture(Progress):
+        def print(self, text):
+            said.append(text)
+
+    out = map_forked(_square_or_die, [0, 1, 2, 4], workers=2, progress=Capture(quiet=True),
+                     on_done=lambda i, r: seen.append((i, r)))
+    assert out == [0, 1, 4, 16] and sorted(seen) == [(0, 0), (1, 1), (2, 4), (3, 16)]
+    assert sorted(said) == ["item 0", "item 1", "item 2", "item 4"]
+    with pytest.raises(RuntimeError, match="worker process died"):
+        map_forked(_square_or_die, [0, 3, 1], workers=2)

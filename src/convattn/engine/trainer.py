@@ -53,6 +53,9 @@ class ConfigRecord:
         return cls(**d)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class TrainConfig(ConfigRecord):
     """Everything that determines one training (saved in every checkpoint)."""
@@ -65,6 +68,8 @@ class TrainConfig(ConfigRecord):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    #: "sgd" (Nesterov momentum ``momentum``) or "adamw" (betas 0.9, 0.999; ``momentum`` unused)
+    optimizer: str = "sgd"
     warmup: float = 0.1
     seed: int = 0
     data: str = "cluttered-mnist"
@@ -91,6 +96,8 @@ class TrainConfig(ConfigRecord):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -222,10 +229,11 @@ def fit(
         decay, no_decay = [], []
         for p in model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)
-        opt = torch.optim.SGD(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-        )
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        else:
+            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
         history: list[dict[str, float]] = []
         start_epoch = 1
         if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / LATEST).exists():
