@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice). The default run takes ~12 min on 1 thread; "
                         "2 threads are ~1.5x faster on an idle machine but several times slower than 1 when "
                         "another busy process shares the cores")
+    g.add_argument("--jobs", type=int, default=d["jobs"],
+                   help=f"GANs trained at once in separate processes, the threads split between them "
+                        f"(default {d['jobs']})")
     g.add_argument("--cache-dir", default=None,
                    help="where the digit classifier is cached (default $CONVATTN_CACHE or the user cache folder)")
     g = p.add_argument_group("output")

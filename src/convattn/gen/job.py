@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "z_dim": 64,
     "eval_samples": 1000,
     "classifier_epochs": 3,
+    "jobs": 2,
 }
 
 BASELINE = "none"
@@ -82,6 +83,7 @@ class GenerateJob(ConfigRecord):
     classifier_epochs: int = DEFAULTS["classifier_epochs"]
     threads: int | None = None
     cache_dir: str | None = None
+    jobs: int = DEFAULTS["jobs"]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateJob:
@@ -99,7 +101,7 @@ def base_config(args: Any) -> Any:
         v = getattr(args, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (>= 1), got {v!r}")
-    for name in ("train_size", "threads"):
+    for name in ("train_size", "threads", "jobs"):
         v = getattr(args, name, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (>= 1), got {v!r}")
@@ -175,7 +177,8 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
         if resume_dir is not None:
             progress.print(f"resuming {run_dir} with its saved options")
         summary = run_generate(variants, seeds, base, run_dir, sizes, progress=progress, resume=resume_dir is not None,
-                               classifier_epochs=job.classifier_epochs, cache=job.cache_dir, digits=digits)
+                               classifier_epochs=job.classifier_epochs, cache=job.cache_dir, digits=digits,
+                               workers=job.jobs)
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["cpu_seconds"] = _cpu_seconds() - c0
     summary["load_average"] = {"start": load0, "end": _loadavg()}
@@ -203,12 +206,16 @@ def run_generate(
     classifier_epochs: int = 3,
     cache: str | None = None,
     digits: Any = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train every (variant, seed), write the sample grids; returns the summary (report not yet written)."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.parallel import map_forked
+    from ..engine.progress import Relay
     from ..runs.stats import mean_std
     from .metrics import ClassifierConfig, QualityMeter, load_or_train_classifier
     from .report import METRICS, compare_values, save_sample_grid
-    from .train import generate, load_digits, train_gan
+    from .train import build_models, generate, load_digits, train_gan
 
     run_dir = Path(run_dir)
     digits = digits if digits is not None else load_digits(base.split_seed, train_size=base.train_size)
@@ -239,30 +246,53 @@ def run_generate(
     progress.print(f"{n_runs} training(s) of {steps * base.epochs} G steps ({base.epochs} epochs of {steps} batches of "
                    f"{base.batch_size}) on {torch.get_num_threads()} thread(s); G-EMA scored on {base.eval_samples} "
                    "samples after every epoch")
-    t_start, k = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    runs = [(v, seed) for v in variants for seed in seeds]
+    labels = {run: f"{run[0]} seed {run[1]}" for run in runs}
+
+    def one(run: tuple[str, int], say: Any) -> dict[str, Any]:
+        v, seed = run
+        cfg = dataclasses.replace(base, attention=None if v == BASELINE else v, seed=seed)
+        res = train_gan(cfg, digits, meter, checkpoint_dir=run_dir / "runs" / f"{v}-seed{seed}", resume=resume,
+                        progress=progress if workers <= 1 else Relay(say), label=labels[run])
+        # no tensors cross the process boundary (torch would pass them as shared-memory handles that
+        # die with the worker); the parent reads G-EMA back from the checkpoint the training wrote
+        return {"final": res.final, "history": res.history, "resumed_from": res.resumed_from}
+
+    finished = 0
+
+    def done(index: int, res: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        progress.overall_advance()
+        elapsed = time.perf_counter() - t_start
+        progress.print(f"[{finished}/{n_runs}] {labels[runs[index]]} done: class acc {res['final']['class_accuracy']:.3f}, "
+                       f"FD {res['final']['frechet_distance']:.2f}; {elapsed:.0f} s elapsed, about "
+                       f"{elapsed / finished * (n_runs - finished):.0f} s to go")
+
+    threads = max(1, torch.get_num_threads() // max(workers, 1))
+    if workers > 1:
+        progress.print(f"training {n_runs} GANs, {workers} at a time ({threads} thread(s) each)")
+    results = dict(zip(runs, map_forked(one, runs, workers=workers, threads=threads, progress=progress, on_done=done),
+                       strict=True))
     for v in variants:
         entry: dict[str, Any] = {"attention": None if v == BASELINE else v, "seeds": list(seeds),
                                  "class_accuracy": [], "frechet_distance": [], "history": [], "train_seconds": [],
                                  "resumed_from_epoch": [], "params_g": sizes[v][0], "params_d": sizes[v][1]}
-        for i, seed in enumerate(seeds):
-            cfg = dataclasses.replace(base, attention=entry["attention"], seed=seed)
-            k += 1
-            res = train_gan(cfg, digits, meter, checkpoint_dir=run_dir / "runs" / f"{v}-seed{seed}",
-                            resume=resume, progress=progress, label=f"[{k}/{n_runs}] {v} seed {seed}")
-            progress.overall_advance()
-            elapsed = time.perf_counter() - t_start
-            progress.print(f"[{k}/{n_runs}] {v} seed {seed} done: class acc {res.final['class_accuracy']:.3f}, "
-                           f"FD {res.final['frechet_distance']:.2f}; {elapsed:.0f} s elapsed, about "
-                           f"{elapsed / k * (n_runs - k):.0f} s to go")
+        for seed in seeds:
+            res = results[(v, seed)]
             for m in METRICS:
-                entry[m].append(res.final[m])
-            entry["history"].append(res.history)
-            entry["train_seconds"].append(sum(r["seconds"] + r["eval_seconds"] for r in res.history))
-            entry["resumed_from_epoch"].append(res.resumed_from)
-            if i == 0:
+                entry[m].append(res["final"][m])
+            entry["history"].append(res["history"])
+            entry["train_seconds"].append(sum(r["seconds"] + r["eval_seconds"] for r in res["history"]))
+            entry["resumed_from_epoch"].append(res["resumed_from"])
+            if seed == seeds[0]:
+                G = build_models(dataclasses.replace(base, attention=entry["attention"], seed=seed))[0]
+                state = load_checkpoint(run_dir / "runs" / f"{v}-seed{seed}", optimizer=False)["model_state"]
+                G.load_state_dict({k[len("G_ema."):]: t for k, t in state.items() if k.startswith("G_ema.")})
                 name = f"samples_{v}.png"
-                save_sample_grid(run_dir / name, generate(res.G_ema, z_grid, y_grid),
-                                 f"{v}: G-EMA, seed {seed}, after {cfg.epochs} epoch(s)")
+                save_sample_grid(run_dir / name, generate(G.eval(), z_grid, y_grid),
+                                 f"{v}: G-EMA, seed {seed}, after {base.epochs} epoch(s)")
                 files["samples"][v] = name
         for m in METRICS:
             entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std(entry[m])
