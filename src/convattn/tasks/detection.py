@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import TaskCommand, denormalise, embedded, per_class_table
+from .common import TaskCommand, denormalise, embedded, fresh_epochs, per_class_table
 
 DETECTORS = ("fcos_resnet18",)
 DEFAULTS = {
@@ -147,7 +147,7 @@ def load_data(args):  # a TaskJob: data, image_size, train_size, test_size, num_
         if args.num_classes is not None:
             raise ValueError("--num-classes is only for user data (the embedded set has 10 digit classes)")
         return load_multidigit("detect", image_size=args.image_size, train_size=args.train_size,
-                               test_size=args.test_size, cache=args.cache_dir)
+                               test_size=args.test_size, cache=args.cache_dir, fresh_epochs=fresh_epochs(args))
     from .datasets import load_coco_detection
 
     return load_coco_detection(args.data, image_size=args.image_size or 64, num_classes=args.num_classes,
@@ -237,5 +237,5 @@ def finish(run_dir: Path, summary: dict[str, Any], data: Any, models: dict[str, 
 
 COMMAND = TaskCommand(
     name="detect", defaults=DEFAULTS, models=DETECTORS, load_data=load_data,
-    make_task=lambda data: DetectionTask(data.num_classes), build=build, finish=finish,
+    make_task=lambda data, job: DetectionTask(data.num_classes), build=build, finish=finish,
 )

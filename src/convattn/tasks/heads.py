@@ -29,12 +29,23 @@ stride 2, stages 3 and 4 stride 1 with dilation 2 and 4, i.e. output stride 4
 on the small canvases (a 72-pixel input gives 18 x 18 features, N = 324
 positions for the position attention).
 
-U-Net (:class:`UNet`): encoder of conv-BN-ReLU pairs with max-pooling, decoder
-blocks ``upsample x2 (bilinear) -> concat skip -> 2 x conv3x3-BN-ReLU ->
-attention``, where the attention is any registry key (``scse`` as in Roy et
-al., "Concurrent Spatial and Channel Squeeze & Excitation in Fully
-Convolutional Networks", MICCAI 2018, who put it after every decoder block) or
-none.
+U-Net (:class:`UNet`, Ronneberger et al., MICCAI 2015): four encoder levels
+(full, 1/2, 1/4 and 1/8 resolution) and decoder blocks ``upsample x2
+(bilinear) -> concat skip -> 2 x conv3x3-BN-ReLU -> attention``, where the
+attention is any registry key (``scse`` as in Roy et al., "Concurrent Spatial
+and Channel Squeeze & Excitation in Fully Convolutional Networks", MICCAI 2018,
+who put it after every decoder block) or none. Encoder ``"plain"``: two
+conv3x3-BN-ReLU per level and 2x2 max-pooling between levels (the original
+U-Net). Encoder ``"residual"`` (default): level 0 is conv3x3-BN-ReLU and one
+residual block, each further level one residual block with stride 2 (ResNet's
+BasicBlock with a 1x1 projection shortcut), the encoder family of SMP's
+``Unet("resnet18", decoder_attention_type="scse")``. Encoder widths 8-24-64-128
+(most channels where the maps are small), decoder widths 32-32-16 (at 1/4, 1/2
+and full resolution): the classifier reads 16 channels at full resolution;
+with 8 there (decoder widths equal to the encoder's), single digit classes
+often stayed at 0 IoU for the whole budget. On the multi-digit canvases the plain
+encoder sometimes stays for several epochs at "background everywhere" (one of
+two seeds in 6 epochs); the residual one left it within 2-3 epochs on both.
 
 Variants (the ``attention`` argument of :func:`build_segmenter`):
 
@@ -169,29 +180,46 @@ class DecoderBlock(nn.Module):
         return self.attention(self.conv(torch.cat([x, skip], 1)))
 
 
+UNET_ENCODERS = ("residual", "plain")
+
+
 class UNet(nn.Module):
-    """A small U-Net (3 poolings) whose decoder blocks end with ``attention`` (any registry key)."""
+    """A small U-Net (4 levels) whose decoder blocks end with ``attention`` (any registry key)."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, attention: str | None = "scse",
-                 widths: tuple[int, int, int, int] = (8, 16, 32, 64)) -> None:
+                 widths: tuple[int, int, int, int] = (8, 24, 64, 128), encoder: str = "residual",
+                 decoder_widths: tuple[int, int, int] = (32, 32, 16)) -> None:
         super().__init__()
         if len(widths) != 4:
             raise ValueError(f"UNet: widths needs 4 entries, got {widths!r}")
+        if len(decoder_widths) != 3:
+            raise ValueError(f"UNet: decoder_widths needs 3 entries (1/4, 1/2 and full resolution), "
+                             f"got {decoder_widths!r}")
+        if encoder not in UNET_ENCODERS:
+            raise ValueError(f"UNet: unknown encoder {encoder!r}; valid: {', '.join(UNET_ENCODERS)}")
         w = widths
+        self.encoder = encoder
         self.enc = nn.ModuleList()
         cin = in_chans
-        for c in w:
-            self.enc.append(nn.Sequential(conv_bn_relu(cin, c), conv_bn_relu(c, c)))
+        for i, c in enumerate(w):
+            if encoder == "plain":
+                self.enc.append(nn.Sequential(conv_bn_relu(cin, c), conv_bn_relu(c, c)))
+            elif i == 0:
+                self.enc.append(nn.Sequential(conv_bn_relu(cin, c), DilatedBlock(c, c)))
+            else:
+                self.enc.append(DilatedBlock(cin, c, stride=2))
             cin = c
-        self.dec = nn.ModuleList(
-            DecoderBlock(w[i + 1], w[i], w[i], attention) for i in reversed(range(len(w) - 1))
-        )
-        self.classifier = nn.Conv2d(w[0], num_classes, 1)
+        self.dec = nn.ModuleList()
+        cin = w[3]
+        for skip, cout in zip((w[2], w[1], w[0]), decoder_widths, strict=True):
+            self.dec.append(DecoderBlock(cin, skip, cout, attention))
+            cin = cout
+        self.classifier = nn.Conv2d(cin, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.enc):
-            if i:
+            if i and self.encoder == "plain":
                 x = F.max_pool2d(x, 2, ceil_mode=True)
             x = block(x)
             skips.append(x)
