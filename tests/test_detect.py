@@ -93,17 +93,34 @@ def test_task_map_is_one_for_the_ground_truth_and_drops_for_shifted_boxes():
 def test_detect_command_writes_report(tmp_path):
     out = tmp_path / "run"
     rc = main(["detect", "--train-size", "16", "--test-size", "8", "--epochs", "1", "--seeds", "1",
-               "--batch-size", "8", "--image-size", "32", "--variants", "none,se", "--out", str(out),
+               "--batch-size", "8", "--image-size", "32", "--variants", "none,se,cbam", "--out", str(out),
                "--quiet", "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["metric"] == "map50" and set(summary["variants"]) == {"none", "se"}
+    assert summary["metric"] == "map50" and set(summary["variants"]) == {"none", "se", "cbam"}
     for v in summary["variants"].values():
         assert 0.0 <= v["map50"][0] <= 1.0 and 0.0 <= v["map"][0] <= 1.0
     assert summary["variants"]["se"]["params"] > summary["variants"]["none"]["params"]
     text = (out / "report.md").read_text()
     assert "test map50 %" in text and "mAP@[.5:.95]" in text and "detections.png" in text
     assert (out / "detections.png").stat().st_size > 0
+
+    # localisation: CBAM's spatial maps are scored against every digit's box; SE has none and says so
+    from convattn.data.multidigit import load_multidigit
+    from convattn.engine.experiment import box_targets
+    from convattn.explain.localisation import box_area_fraction
+
+    test = load_multidigit("detect", image_size=32, train_size=16, test_size=8,
+                           cache=str(tmp_path / "cache")).test.tensors
+    chance = box_area_fraction(box_targets(test), 32, 32)
+    assert summary["has_boxes"] and summary["chance_localisation"] == pytest.approx(chance)
+    loc = summary["variants"]["cbam"]["localisation"]
+    assert 0.0 <= loc["pointing_game"] <= 1.0 and 0.0 < loc["energy_in_box"] < 1.0
+    assert summary["variants"]["se"]["localisation"] is None
+    assert (f"- cbam: pointing game {loc['pointing_game']:.3f}, energy in box {loc['energy_in_box']:.3f}."
+            in text)
+    assert "- se: no spatial attention map" in text and f"on average: {chance:.3f}" in text
+    assert (out / "attention_gallery.png").stat().st_size > 0
 
 
 def _write_coco(root, bad=None, n=5, w=40, h=30):

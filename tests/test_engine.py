@@ -138,6 +138,26 @@ def test_localisation_scores_on_known_maps():
     assert energy_in_box(flat, boxes) == pytest.approx(area)
 
 
+def test_localisation_with_several_boxes_per_image():
+    from convattn.engine.experiment import box_targets
+
+    nan = float("nan")
+    # image 0: two boxes (pixels 0-1 x 0-1 and 4-5 x 4-5 by centre); image 1: one box and an empty slot
+    boxes = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [4.0, 4.0, 6.0, 6.0]], [[0.0, 0.0, 4.0, 4.0], [nan] * 4]])
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 5, 4] = 3.0  # the peak, inside image 0's second box
+    maps[0, 7, 7] = 1.0  # outside both
+    maps[1, 6, 6] = 1.0  # outside image 1's only box; the NaN slot contains nothing
+    assert pointing_game(maps, boxes) == 0.5
+    assert energy_in_box(maps, boxes) == pytest.approx((3 / 4 + 0) / 2)
+    # the union of image 0's boxes is 8 pixels, image 1's box 16
+    assert box_area_fraction(boxes, 8, 8) == pytest.approx((8 / 64 + 16 / 64) / 2)
+    padded = {"boxes": boxes.nan_to_num(0.0), "box_labels": torch.tensor([[3, 7], [1, -1]])}
+    assert torch.equal(box_targets(padded).isnan(), boxes.isnan())
+    with pytest.raises(ValueError, match="shape"):
+        pointing_game(maps, torch.zeros(2, 3))
+
+
 def test_spatial_attention_of_models(data):
     x = data.test.tensors["image"][:5]
     res = fit(cfg(epochs=1), data)

@@ -177,6 +177,10 @@ def test_segment_default_is_the_unet_with_scse_and_parallel_jobs(tmp_path):
     assert config["job"]["model"] == "unet" and config["job"]["jobs"] == 2
     # two epochs of fresh canvases: the training loss of epoch 2 is measured on new images
     assert len(summary["variants"]["none"]["history"][0]) == 2
+    # scSE's spatial gate is scored against the digit boxes the canvases carry
+    loc = summary["variants"]["scse"]["localisation"]
+    assert summary["has_boxes"] and summary["variants"]["none"]["localisation"] is None
+    assert f"- scse: pointing game {loc['pointing_game']:.3f}" in (out / "report.md").read_text()
 
 
 def test_bad_class_weights_option_is_one_line(tmp_path, capsys):

@@ -116,7 +116,7 @@ def load_multidigit(
         classes=list(classes),
         in_chans=1,
         image_size=size,
-        has_boxes=False,
+        has_boxes=True,
         mean=[MULTI_DIGIT_STATS[0]],
         std=[MULTI_DIGIT_STATS[1]],
         notes=(

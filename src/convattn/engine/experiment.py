@@ -94,7 +94,7 @@ def run_experiment(
     loc_images = loc_boxes = None
     if has_boxes and test is not None:
         loc_images = test["image"][:localisation_images]
-        loc_boxes = test["box"][:localisation_images]
+        loc_boxes = box_targets(test)[:localisation_images]
     input_shape = (1, data.in_chans, data.image_size, data.image_size)
     summary_variants: dict[str, dict[str, Any]] = {}
     gallery_maps: dict[str, torch.Tensor | None] = {}
@@ -200,13 +200,25 @@ def run_experiment(
             loc_images[:gallery_images],
             gallery_maps,
             loc_boxes[:gallery_images],
-            title="spatial attention (mean over blocks), first seed; green: digit box",
+            title="spatial attention (mean over blocks), first seed; green: digit box(es)",
         )
         gallery = "attention_gallery.png"
     summary["gallery"] = gallery
     summary["wall_seconds"] = time.perf_counter() - t0
     write_report(run_dir, summary, gallery)
     return summary
+
+
+def box_targets(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The boxes localisation is scored against: ``box`` (N, 4), or ``boxes`` (N, K, 4) with empty slots as NaN.
+
+    Padded multi-box data marks an empty slot by ``box_labels == -1``.
+    """
+    if "box" in tensors:
+        return tensors["box"]
+    boxes = tensors["boxes"].float().clone()
+    boxes[tensors["box_labels"] < 0] = float("nan")
+    return boxes
 
 
 def measure_latency(models: dict[str, torch.nn.Module], input_shape: tuple[int, ...], baseline: str | None, *,

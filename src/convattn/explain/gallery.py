@@ -37,8 +37,12 @@ def save_gallery(
     shown = ((shown - lo) / (hi - lo).clamp(min=1e-8)).numpy()
 
     def draw_box(ax, i):
-        if boxes is not None:
-            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        if boxes is None:
+            return
+        for box in boxes[i].reshape(-1, 4):  # one box (4,) or several (K, 4); NaN rows are empty slots
+            if bool(torch.isnan(box).any()):
+                continue
+            x0, y0, x1, y1 = (float(v) for v in box)
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
 
     for i in range(n):

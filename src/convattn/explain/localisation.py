@@ -14,8 +14,10 @@ inside when its centre is):
   (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016);
 - **energy in box**: the share of the (non-negative) map's total inside the box.
 
-For both, a map that ignores the image scores the box's share of the image on
-average: :func:`box_area_fraction` gives that chance level.
+An image may have several boxes, (N, K, 4): a pixel is then inside when it is
+inside any of them, and rows of NaN are empty slots (they contain no pixel).
+For both scores, a map that ignores the image scores the boxes' share of the
+image on average: :func:`box_area_fraction` gives that chance level.
 """
 
 from __future__ import annotations
@@ -61,17 +63,24 @@ def spatial_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 
 
 
 def _inside(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(N, H, W) bool: pixel centre inside the box."""
+    """(N, H, W) bool: pixel centre inside the box (N, 4), or inside any of the boxes (N, K, 4).
+
+    A comparison with NaN is false, so a NaN row (an empty slot) contains no pixel.
+    """
+    if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4:
+        raise ValueError(f"expected boxes of shape (N, 4) or (N, K, 4), got {tuple(boxes.shape)}")
+    b = boxes.float()
+    if b.dim() == 2:
+        b = b[:, None]
     ys = torch.arange(h, dtype=torch.float32) + 0.5
     xs = torch.arange(w, dtype=torch.float32) + 0.5
-    b = boxes.float()
-    inx = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] <= b[:, 2:3])  # (N, W)
-    iny = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] <= b[:, 3:4])  # (N, H)
-    return iny[:, :, None] & inx[:, None, :]
+    inx = (xs >= b[..., 0:1]) & (xs <= b[..., 2:3])  # (N, K, W)
+    iny = (ys >= b[..., 1:2]) & (ys <= b[..., 3:4])  # (N, K, H)
+    return (iny[..., :, None] & inx[..., None, :]).any(1)
 
 
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
-    """Fraction of maps (N, H, W) whose maximum lies inside the box (N, 4)."""
+    """Fraction of maps (N, H, W) whose maximum lies inside the box (N, 4) or any of the boxes (N, K, 4)."""
     n, h, w = maps.shape
     peak = maps.reshape(n, -1).argmax(1)
     inside = _inside(boxes, h, w).reshape(n, -1)
@@ -79,7 +88,7 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
 
 
 def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> float:
-    """Mean share of each map's (clamped at 0) total that lies inside its box."""
+    """Mean share of each map's (clamped at 0) total that lies inside its box (or the union of its boxes)."""
     m = maps.clamp(min=0)
     inside = _inside(boxes, m.shape[1], m.shape[2])
     total = m.sum(dim=(1, 2)).clamp(min=1e-12)
@@ -87,7 +96,7 @@ def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> float:
 
 
 def box_area_fraction(boxes: torch.Tensor, h: int, w: int) -> float:
-    """Mean share of the image's pixels inside the box (the chance level)."""
+    """Mean share of the image's pixels inside the box, or the union of the boxes (the chance level)."""
     return float(_inside(boxes, h, w).float().mean())
 
 

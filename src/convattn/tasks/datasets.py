@@ -247,6 +247,6 @@ def load_coco_detection(spec: str, *, image_size: int = 64, num_classes: int | N
         sets[split] = TensorSet({"image": ((image - MEAN) / STD).contiguous(), "boxes": boxes, "box_labels": labels})
     return DataBundle(
         name=f"coco:{path}", train=sets["train"], test=sets["test"], classes=[names[c] for c in cat_ids],
-        in_chans=3, image_size=image_size, mean=[MEAN] * 3, std=[STD] * 3,
+        in_chans=3, image_size=image_size, has_boxes=True, mean=[MEAN] * 3, std=[STD] * 3,
         notes=f"COCO-format file {path}, images resized to {image_size}x{image_size} (boxes scaled)",
     )

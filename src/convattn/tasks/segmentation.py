@@ -26,7 +26,7 @@ from .common import TaskCommand, denormalise, embedded, fresh_epochs, per_class_
 from .heads import SEGMENTERS, build_segmenter
 
 DEFAULTS = {
-    "model": "unet", "variants": "none,scse", "seeds": 2, "epochs": 7, "batch_size": 16, "lr": 0.05,
+    "model": "unet", "variants": "none,scse", "seeds": 2, "epochs": 10, "batch_size": 16, "lr": 0.05,
     "weight_decay": 1e-4, "image_size": 72, "train_size": 1500, "test_size": 500, "eval_batch_size": 100,
     "class_weights": "balanced", "jobs": 2,
 }
