@@ -122,6 +122,16 @@ def test_detect_command_writes_report(tmp_path):
     assert "- se: no spatial attention map" in text and f"on average: {chance:.3f}" in text
     assert (out / "attention_gallery.png").stat().st_size > 0
 
+    # the trivial detectors' figures are those of the test split
+    from convattn.tasks.detection import trivial_scores
+
+    trivial = trivial_scores(test, 10)
+    for name, scores in trivial.items():
+        assert summary["trivial"][name] == pytest.approx(scores)
+    assert trivial["nothing"]["map50"] == 0.0 and 0.0 < trivial["boxes, random labels"]["map50"] < 0.5
+    assert f"outputs nothing scores {trivial['nothing']['map50'] * 100:.2f} %" in text
+    assert f"with a random label, scores {trivial['boxes, random labels']['map50'] * 100:.2f} %" in text
+
 
 def _write_coco(root, bad=None, n=5, w=40, h=30):
     from PIL import Image

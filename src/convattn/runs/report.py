@@ -311,9 +311,10 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         lines += [
             f"Localisation on the first {summary.get('localisation_images', 0)} test images: the spatial attention "
             "maps (kind \"spatial\" from convattn.capture_maps) of every block are upsampled bilinearly to the input "
-            "size and averaged. *Pointing game*: the fraction of images whose map peak falls inside the digit's box. "
-            "*Energy in box*: the share of the map's total inside the box. Mean over seeds. "
-            f"A map that ignores the image scores the box's share of the image on average: {chance:.3f}.",
+            "size and averaged. *Pointing game*: the fraction of images whose map peak falls inside a digit's box. "
+            "*Energy in box*: the share of the map's total inside the box (inside any of the boxes when an image "
+            "has several). Mean over seeds. "
+            f"A map that ignores the image scores the boxes' share of the image on average: {chance:.3f}.",
             "",
         ]
         for name, v in summary["variants"].items():
