@@ -154,6 +154,12 @@ def test_resume_of_a_finished_compare_reproduces_it(run, cache, capsys):
         assert after["variants"][name]["accuracy"] == before["variants"][name]["accuracy"]
         assert after["variants"][name]["resumed_from_epoch"] == [1, 1]
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
+    # the wall time is this invocation's, and the report says the trainings came from checkpoints
+    train = sum(sum(v["train_seconds"]) for v in after["variants"].values())
+    report = (run / "report.md").read_text()
+    assert "which resumed 4 training(s) from their checkpoints" in report
+    assert f"took {train:.1f} s of training in all" in report
+    assert "SGD (Nesterov momentum" in report
 
 
 def test_sample_efficiency_runs_one_comparison_per_size(tmp_path, cache):

@@ -103,6 +103,7 @@ def test_detect_command_writes_report(tmp_path):
     assert summary["variants"]["se"]["params"] > summary["variants"]["none"]["params"]
     text = (out / "report.md").read_text()
     assert "test map50 %" in text and "mAP@[.5:.95]" in text and "detections.png" in text
+    assert "AdamW (weight decay 0.0001)" in text and "SGD" not in text
     assert (out / "detections.png").stat().st_size > 0
 
     # localisation: CBAM's spatial maps are scored against every digit's box; SE has none and says so

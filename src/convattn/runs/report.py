@@ -226,6 +226,23 @@ def plot_learning_curves(path: str | Path, summary: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def optimizer_text(cfg: dict[str, Any]) -> str:
+    """The optimiser of a run's config in words."""
+    if cfg.get("optimizer", "sgd") == "adamw":
+        return f"AdamW (weight decay {cfg['weight_decay']})"
+    return f"SGD (Nesterov momentum {cfg['momentum']}, weight decay {cfg['weight_decay']})"
+
+
+def resumed_text(summary: dict[str, Any]) -> str:
+    """Empty, or a clause saying that the wall time excludes epochs trained by an earlier invocation."""
+    resumed = [e for v in summary["variants"].values() for e in v.get("resumed_from_epoch", []) if e]
+    if not resumed:
+        return ""
+    train = sum(sum(v.get("train_seconds", [])) for v in summary["variants"].values())
+    return (f" for this invocation, which resumed {len(resumed)} training(s) from their checkpoints (the epochs "
+            f"recorded in them took {train:.1f} s of training in all)")
+
+
 def convergence_paragraph(summary: dict[str, Any]) -> str:
     """The report's first words: did every variant finish learning, by the written-out rule."""
     rule = summary.get("convergence_rule", "")
@@ -253,12 +270,12 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         f"{data['num_classes']} classes, {data['in_chans']} channel(s), {data['image_size']}x{data['image_size']} input). "
         f"{data.get('notes', '')}".rstrip(),
         "",
-        f"Model **{cfg['model']}**; {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, SGD (Nesterov momentum "
-        f"{cfg['momentum']}, weight decay {cfg['weight_decay']}), peak lr {cfg['lr']}, linear warm-up over "
+        f"Model **{cfg['model']}**; {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, {optimizer_text(cfg)}, "
+        f"peak lr {cfg['lr']}, linear warm-up over "
         f"{cfg['warmup']:.0%} of the steps then cosine decay; seeds {summary['seeds']}, paired: under one seed every "
         "variant sees the same data in the same order and starts from the same weights in every layer the variants "
         f"share (attention weights come from a stream of their own). {opts_text}Wall time "
-        f"{summary['wall_seconds']:.1f} s on {summary['threads']} thread(s).",
+        f"{summary['wall_seconds']:.1f} s on {summary['threads']} thread(s){resumed_text(summary)}.",
         "",
         "## Results",
         "",
