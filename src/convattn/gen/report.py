@@ -229,7 +229,7 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
             "",
         ]
     lines += [
-        f"Wall time {summary['wall_seconds']:.1f} s (process CPU time {summary['cpu_seconds']:.1f} s) on "
+        f"Wall time {summary['wall_seconds']:.1f} s (CPU time {summary['cpu_seconds']:.1f} s, worker processes included) on "
         f"{summary['threads']} torch thread(s); load average of the machine {summary['load_average']['start']:.1f} at "
         f"the start and {summary['load_average']['end']:.1f} at the end (on {summary['cpus']} CPUs; a load above the "
         "CPU count means other jobs shared them and the wall time is inflated).",
