@@ -32,7 +32,7 @@ def run(command: str, root: Path) -> dict:
     out = root / command
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "convattn", command, "--out", str(out), "--cache-dir", str(root / "cache"),
+    subprocess.run([sys.executable, "-m", "convattn.cli", command, "--out", str(out), "--cache-dir", str(root / "cache"),
                     "--quiet"], check=True)
     wall = time.perf_counter() - t0
     return {"command": command, "wall_seconds": wall, "load_start": load0, "load_end": os.getloadavg()[0],
