@@ -187,7 +187,8 @@ def test_bad_class_weights_option_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["segment", "--class-weights", "inverse", "--quiet"])
     assert e.value.code == 2
-    assert "--class-weights" in capsys.readouterr().err.splitlines()[-1]
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--class-weights" in err and "balanced" in err
     assert main(["detect", "--jobs", "0", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "jobs" in capsys.readouterr().err and not (tmp_path / "r").exists()
 

@@ -20,6 +20,16 @@ class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``convattn <command>: error: ...``, exit code 2).
+
+    argparse prints the whole usage block before the error; ``--help`` still shows it.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _command_modules():
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
         if not info.name.startswith("_"):
@@ -27,7 +37,7 @@ def _command_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convattn",
         description="Attention mechanisms for CNNs: list, attach, train, compare, explain, export.",
     )
