@@ -193,6 +193,15 @@ def test_bad_class_weights_option_is_one_line(tmp_path, capsys):
     assert "jobs" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+def test_a_diverging_training_in_a_worker_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["segment", "--lr", "1e12", "--train-size", "16", "--test-size", "8", "--epochs", "1",
+               "--image-size", "24", "--batch-size", "8", "--seeds", "1", "--jobs", "2", "--out", str(out),
+               "--quiet", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "loss is" in err[0] and "lower --lr" in err[0]
+
+
 def test_trivial_scores_are_the_all_background_prediction():
     from convattn.tasks.segmentation import trivial_scores
 

@@ -2,8 +2,9 @@
 
 Each subcommand lives in ``convattn/commands/<name>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Bad input raises
-``ValueError``/``FileNotFoundError`` (or :class:`UsageError`); ``main`` prints it
-as one line and exits with code 2.
+``ValueError``/``FileNotFoundError`` (or :class:`UsageError`), a training whose
+loss diverges ``FloatingPointError`` (also from a forked worker); ``main`` prints
+it as one line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+    except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            FileExistsError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"convattn {args.command}: error: {msg}", file=sys.stderr)
         return 2
