@@ -108,8 +108,7 @@ def test_detect_command_writes_report(tmp_path):
 
     # localisation: CBAM's spatial maps are scored against every digit's box; SE has none and says so
     from convattn.data.multidigit import load_multidigit
-    from convattn.engine.experiment import box_targets
-    from convattn.explain.localisation import box_area_fraction
+    from convattn.explain.localisation import box_area_fraction, box_targets
 
     test = load_multidigit("detect", image_size=32, train_size=16, test_size=8,
                            cache=str(tmp_path / "cache")).test.tensors

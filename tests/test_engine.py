@@ -139,7 +139,7 @@ def test_localisation_scores_on_known_maps():
 
 
 def test_localisation_with_several_boxes_per_image():
-    from convattn.engine.experiment import box_targets
+    from convattn.explain.localisation import box_targets
 
     nan = float("nan")
     # image 0: two boxes (pixels 0-1 x 0-1 and 4-5 x 4-5 by centre); image 1: one box and an empty slot

@@ -81,7 +81,7 @@ def run_experiment(
     (task commands with their own models: segment, detect).
     """
     from ..explain import box_area_fraction, save_gallery, spatial_attention
-    from ..explain.localisation import energy_in_box, pointing_game
+    from ..explain.localisation import box_targets, energy_in_box, pointing_game
 
     t0 = time.perf_counter()
     task = task or ClassificationTask()
@@ -207,18 +207,6 @@ def run_experiment(
     summary["wall_seconds"] = time.perf_counter() - t0
     write_report(run_dir, summary, gallery)
     return summary
-
-
-def box_targets(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The boxes localisation is scored against: ``box`` (N, 4), or ``boxes`` (N, K, 4) with empty slots as NaN.
-
-    Padded multi-box data marks an empty slot by ``box_labels == -1``.
-    """
-    if "box" in tensors:
-        return tensors["box"]
-    boxes = tensors["boxes"].float().clone()
-    boxes[tensors["box_labels"] < 0] = float("nan")
-    return boxes
 
 
 def measure_latency(models: dict[str, torch.nn.Module], input_shape: tuple[int, ...], baseline: str | None, *,

@@ -60,8 +60,8 @@ def map_forked(fn: Callable[[Any, Callable[[str], None]], Any], items: list[Any]
 
     ``fn`` runs in the child and returns something picklable and free of
     tensors (torch sends tensors as shared-memory handles, which die with the
-    worker); ``say(text)`` prints ``text`` through ``progress`` in the parent. ``on_done(index,
-    result)`` runs in the parent as each item finishes. With ``workers <= 1``,
+    worker); ``say(text)`` prints ``text`` through ``progress`` in the parent.
+    ``on_done(index, result)`` runs in the parent as each item finishes. With ``workers <= 1``,
     one item, or no fork, the items run here one after the other (``say`` then
     prints directly).
     """

@@ -79,6 +79,18 @@ def _inside(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (iny[..., :, None] & inx[..., None, :]).any(1)
 
 
+def box_targets(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The boxes localisation is scored against: ``box`` (N, 4), or ``boxes`` (N, K, 4) with empty slots as NaN.
+
+    Padded multi-box data marks an empty slot by ``box_labels == -1``.
+    """
+    if "box" in tensors:
+        return tensors["box"]
+    boxes = tensors["boxes"].float().clone()
+    boxes[tensors["box_labels"] < 0] = float("nan")
+    return boxes
+
+
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor) -> float:
     """Fraction of maps (N, H, W) whose maximum lies inside the box (N, 4) or any of the boxes (N, K, 4)."""
     n, h, w = maps.shape

@@ -219,7 +219,7 @@ def run_generate(
     from ..runs.stats import NOT_CONVERGED, PLATEAU_POINTS, PLATEAU_RULE, mean_std, plateau
     from .metrics import ClassifierConfig, QualityMeter, load_or_train_classifier
     from .report import METRICS, compare_values, save_sample_grid
-    from .train import build_models, generate, load_digits, train_gan
+    from .train import _unprefixed, build_models, generate, load_digits, train_gan
 
     run_dir = Path(run_dir)
     digits = digits if digits is not None else load_digits(base.split_seed, train_size=base.train_size)
@@ -293,7 +293,7 @@ def run_generate(
             if seed == seeds[0]:
                 G = build_models(dataclasses.replace(base, attention=entry["attention"], seed=seed))[0]
                 state = load_checkpoint(run_dir / "runs" / f"{v}-seed{seed}", optimizer=False)["model_state"]
-                G.load_state_dict({k[len("G_ema."):]: t for k, t in state.items() if k.startswith("G_ema.")})
+                G.load_state_dict(_unprefixed("G_ema", state))
                 name = f"samples_{v}.png"
                 save_sample_grid(run_dir / name, generate(G.eval(), z_grid, y_grid),
                                  f"{v}: G-EMA, seed {seed}, after {base.epochs} epoch(s)")
@@ -309,6 +309,7 @@ def run_generate(
         if baseline is not None and v != baseline:
             entry["vs_baseline"] = {m: compare_values(entry[m], out_variants[baseline][m], v, baseline, m)
                                     for m in METRICS}
+    not_converged = [v for v, e in out_variants.items() if not e["converged"]]
     cfg_dict = base.as_dict()
     cfg_dict.pop("attention")
     cfg_dict.pop("seed")
@@ -328,10 +329,10 @@ def run_generate(
         "metric_notes": "Frechet distance in the digit classifier's penultimate features; not ImageNet-Inception FID",
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
-        "converged": all(e["converged"] for e in out_variants.values()),
-        "not_converged": [v for v, e in out_variants.items() if not e["converged"]],
+        "converged": not not_converged,
+        "not_converged": not_converged,
         "convergence_rule": PLATEAU_RULE.format(metric="class accuracy of the samples", points=PLATEAU_POINTS),
-        "convergence_warning": None if all(e["converged"] for e in out_variants.values()) else NOT_CONVERGED,
+        "convergence_warning": NOT_CONVERGED if not_converged else None,
         "variants": out_variants,
         "_files": files,
     }

@@ -10,9 +10,10 @@ with real digits ``(x, y)``, ``z ~ N(0, I)`` and ``y'`` uniform over the classes
 Two-time-scale update rule (TTUR, Heusel et al. 2017): the discriminator
 learns faster than the generator; Adam betas (0, 0.9) as SAGAN.
 
-Defaults chosen for a CPU budget of 2,000 G steps per training (16 epochs of
-the 4,000 training digits in batches of 32), measured with the project's digit
-classifier on 500 G-EMA samples (notes in benchmarks/results/generate.md):
+Defaults chosen for a CPU budget of a few thousand G steps per training (the
+default is 3,000: 24 epochs of the 4,000 training digits in batches of 32);
+the learning rates and spectral norm were compared at 1,000-2,000 steps with
+the project's digit classifier on 500 G-EMA samples:
 
 - ``lr_g = 1e-3, lr_d = 2e-3``, five to ten times SAGAN's 1e-4 / 4e-4 (which
   are meant for a million steps). Conditioning is what is slow to learn: with

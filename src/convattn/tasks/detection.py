@@ -144,7 +144,7 @@ def trivial_scores(tensors: dict[str, torch.Tensor], num_classes: int, seed: int
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    targets = targets_of({"boxes": tensors["boxes"], "box_labels": tensors["box_labels"]})
+    targets = targets_of(tensors)
     g = torch.Generator().manual_seed(seed)
     detectors = {
         "nothing": [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}

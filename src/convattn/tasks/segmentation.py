@@ -60,11 +60,7 @@ class SegmentationTask:
             pixels = cm.sum()
         stats = {"loss_sum": loss.detach().double() * pixels, "pixels": pixels,
                  "count": torch.tensor(float(len(x)), dtype=torch.float64)}
-        k = self.num_classes
-        flat = cm.flatten()
-        for n, name in enumerate(self.stats[3:]):
-            stats[name] = flat[n]
-        assert len(self.stats) == 3 + k * k
+        stats.update(zip(self.stats[3:], cm.flatten(), strict=True))
         return loss, stats
 
     def confusion(self, sums: dict[str, float]) -> torch.Tensor:
