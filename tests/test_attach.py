@@ -630,12 +630,12 @@ def test_torch_export_of_attached_model():
     assert not torch.allclose(out, plain(x))  # the hooked modules are in the exported graph
 
 
-# ------------------------------------------------ Y written over the norm's output
+# ------------------------------------------------ inference fusion: Y written over the norm's output
 
 
 def _spy_runs(monkeypatch) -> list[bool]:
     """Records, for each whole-module kernel call, whether Y was written into X."""
-    from convattn.layers import native, plans
+    from convattn.fast import native, plans
 
     seen: list[bool] = []
     real_run, real_simam = plans.run, native.simam_forward
@@ -656,51 +656,69 @@ def _spy_runs(monkeypatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("key", ["se", "eca", "cbam", "scse", "sse", "cbam_spatial", "coord", "triplet", "simam"])
-def test_attached_gates_write_over_the_norm_output_only_when_no_one_holds_it(key, monkeypatch):
-    """In eval without autograd, the hook lets the gating kernel write Y into the norm's
-    fresh output instead of a new tensor. The model's output is exactly the same as with
-    a new tensor per block; a hook that ran on the norm's output before ours (and kept
-    it) turns the overwrite off, and what it kept is the norm's output, untouched."""
-    m = randomize(create_model("resnet18", attention=key)).eval()
+def test_fuse_for_inference_writes_over_the_norm_output_with_the_same_result(key, monkeypatch):
+    """An attached model computes every gate into a new tensor; after fuse_for_inference
+    each gate writes Y over its norm's fresh output, with exactly the same result, and
+    detach restores the original model."""
+    from convattn.fast import NormGate, fuse_for_inference
+
+    plain = randomize(create_model("resnet18")).eval()
+    m = copy.deepcopy(plain)
+    attach(m, key)
+    for path in attached(m):
+        randomize(m.get_submodule(path))
     x = torch.randn(2, 3, 48, 48)
     seen = _spy_runs(monkeypatch)
     with torch.no_grad():
         y = m(x)
-    assert len(seen) == 8 and all(seen)
+    assert len(seen) == 8 and not any(seen)  # attach alone never writes over a norm's output
 
-    points = insertion_points(m)
-    kept, after = [], []
-    for p in points:
-        site = m.get_submodule(p.path)
-        site.register_forward_hook(lambda mod, a, out: kept.append(out), prepend=True)
-        # runs after ours: sees Y (cloned: torchvision's blocks add the residual into it in place)
-        site.register_forward_hook(lambda mod, a, out: after.append(out.clone()))
+    paths = attached(m)
+    assert fuse_for_inference(m) is m
+    assert sum(isinstance(mod, NormGate) for mod in m.modules()) == 8 and attached(m) == paths
     seen.clear()
     with torch.no_grad():
-        ref = m(x)
-        assert len(seen) == 8 and not any(seen)
-        torch.testing.assert_close(y, ref, rtol=0, atol=0)
-        for p, before, out in zip(points, kept, after, strict=True):
-            att = m.get_submodule(p.attention_path)
-            torch.testing.assert_close(att(before), out, rtol=0, atol=0)  # `before` is still the norm's output
-            assert not torch.equal(before, out)
+        torch.testing.assert_close(m(x), y, rtol=0, atol=0)
+    assert len(seen) == 8 and all(seen)
+
+    detach(m)
+    assert repr(m) == repr(plain)
+    assert list(m.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), plain(x), rtol=0, atol=0)
 
 
-def test_no_overwrite_with_autograd_or_a_wrapped_module(monkeypatch):
-    """The overwrite needs eval without autograd and the registered module itself: with
-    gradients the norm's output is part of the graph, and a wrapper (IdentityInit, a
-    user's module) may read its input again after the gate."""
+def test_fused_model_trains_and_unfuses(monkeypatch):
+    """With autograd a fused pair takes the gate's autograd path (no overwrite) and every
+    parameter gets a gradient; unfuse gives back the attached model, hooks included."""
+    from convattn.fast import fuse_for_inference, unfuse
+
     m = randomize(create_model("resnet18", attention="se")).eval()
+    ref = copy.deepcopy(m)
     x = torch.randn(2, 3, 32, 32)
+    fuse_for_inference(m)
     seen = _spy_runs(monkeypatch)
     y = m(x)
     y.sum().backward()
-    # with autograd the whole-module kernels, and so the overwrite, are not used at all
     assert seen == [] and all(p.grad is not None for p in m.parameters())
+    unfuse(m)
+    assert repr(m) == repr(ref) and list(m.state_dict()) == list(ref.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
+
+
+def test_fuse_leaves_wrapped_gates_alone(monkeypatch):
+    """A gate wrapped in IdentityInit (or any module without a fast path) is not fused:
+    the wrapper may read its input again after the gate."""
+    from convattn.fast import NormGate, fuse_for_inference
 
     plain = randomize(create_model("resnet18")).eval()
     wrapped = copy.deepcopy(plain)
     attach(wrapped, lambda c: IdentityInit(create_attention("se", c)))
+    fuse_for_inference(wrapped)
+    assert not any(isinstance(mod, NormGate) for mod in wrapped.modules())
+    seen = _spy_runs(monkeypatch)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), plain(x), rtol=0, atol=0)  # IdentityInit: y = x at alpha 0
     assert seen and not any(seen)

@@ -1,4 +1,4 @@
-"""CBAM: the paper's equations written out, both implementations, options, timm parity."""
+"""CBAM: the paper's equations written out, on the plain forward and the fast path, options, timm parity."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import randomize
 
-from convattn import capture_maps, create_attention
+from convattn import capture_maps, create_attention, fast
 
 SHAPES = [(2, 32, 9), (2, 32, 6, 7), (2, 32, 4, 5, 3)]
 
@@ -92,42 +92,47 @@ def test_cbam_spatial_matches_equation(shape, order):
     torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["plain", "fast"])
+@pytest.mark.parametrize("fast_paths", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_cbam_matches_equation(shape, impl):
+def test_cbam_matches_equation(shape, fast_paths):
     dims = len(shape) - 2
     k = 7 if dims < 3 else 3
-    m = create_attention("cbam", 32, dims=dims, reduction=4, kernel_size=k, impl=impl)
+    m = create_attention("cbam", 32, dims=dims, reduction=4, kernel_size=k)
     m = randomize(m).double().eval()
     x = torch.randn(shape, dtype=torch.float64)
     # sequential: X1 = X * M_c(X); Y = X1 * M_s(X1)
     x1 = x * bcast_c(channel_ref(x, m.channel.fc1, m.channel.fc2), x)
     ref = x1 * spatial_ref(x1, m.spatial.conv.weight, m.spatial.bn).unsqueeze(1)
-    torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
-    with torch.no_grad():  # the in-place path of impl="fast"
+    with fast.use(fast_paths):
         torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():  # the whole-module eval kernel on the fast path
+            torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_cbam_fast_and_plain_agree_in_training(memory_format):
-    fast = randomize(create_attention("cbam", 64)).train()
-    plain = create_attention("cbam", 64, impl="plain").train()
-    plain.load_state_dict(fast.state_dict())
+    quick = randomize(create_attention("cbam", 64)).train()
+    plain = create_attention("cbam", 64).train()
+    plain.load_state_dict(quick.state_dict())
     x = torch.randn(4, 64, 10, 9).to(memory_format=memory_format)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     g = torch.randn_like(x)
-    ya, yb = fast(xa), plain(xb)
+    ya = quick(xa)
+    with fast.disabled():
+        yb = plain(xb)
     torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
     (ya * g).sum().backward()
     (yb * g).sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
-    for (n, pa), pb in zip(fast.named_parameters(), plain.parameters(), strict=True):
+    for (n, pa), pb in zip(quick.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-4, msg=n)
     # both updated the BN running statistics the same way
-    torch.testing.assert_close(fast.spatial.bn.running_mean, plain.spatial.bn.running_mean)
+    torch.testing.assert_close(quick.spatial.bn.running_mean, plain.spatial.bn.running_mean)
     with torch.no_grad():
-        fast.eval(), plain.eval()
-        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-6)
+        quick.eval(), plain.eval()
+        yq = quick(x)
+        with fast.disabled():
+            torch.testing.assert_close(yq, plain(x), rtol=1e-5, atol=1e-6)
 
 
 def test_cbam_records_channel_then_spatial_of_gated_input():
@@ -185,8 +190,6 @@ def test_cbam_option_errors():
         create_attention("cbam", 32, kernel_size=4)
     with pytest.raises(ValueError, match="pool_order must be one of 'max_mean', 'mean_max'"):
         create_attention("cbam_spatial", 32, pool_order="avg_max")
-    with pytest.raises(ValueError, match="impl must be one of 'fast', 'plain'"):
-        create_attention("cbam", 32, impl="compiled")
     with pytest.raises(ValueError, match=r"bn_momentum must be a number in \[0, 1\]"):
         create_attention("cbam", 32, bn_momentum=1.5)
     with pytest.raises(ValueError, match="reduction=64 leaves 0 hidden channels for channels=32"):
@@ -216,16 +219,15 @@ def _timm_cbam(ours, C):
 
 
 @pytest.mark.parametrize("order", ["max_mean", "mean_max"])
-@pytest.mark.parametrize("impl", ["fast", "plain"])
-def test_cbam_parity_with_timm(order, impl):
-    ours = randomize(create_attention("cbam", 64, pool_order=order, impl=impl)).eval()
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_cbam_parity_with_timm(order, fast_paths):
+    ours = randomize(create_attention("cbam", 64, pool_order=order)).eval()
     theirs = _timm_cbam(ours, 64)
     x = torch.randn(3, 64, 9, 11)
-    with torch.no_grad():
+    with torch.no_grad(), fast.use(fast_paths):
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
-    # training mode: BN uses batch statistics in both
-    ours.train(), theirs.train()
-    with torch.no_grad():
+        # training mode: BN uses batch statistics in both
+        ours.train(), theirs.train()
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
 
@@ -239,26 +241,3 @@ def test_cbam_spatial_parity_with_timm_gate():
             getattr(theirs.conv.bn, name).copy_(getattr(ours.bn, name))
         x = torch.randn(2, 16, 12, 10)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("size", [(40,), (5, 6), (20, 20), (3, 4, 5), (8, 8, 8)])
-def test_narrow_conv_is_the_same_conv(size):
-    # both rewrites (im2col on small maps, batch-folded depthwise on large ones)
-    from convattn.layers.fused import narrow_conv
-
-    nd = len(size)
-    k = 7 if nd < 3 else 3
-    conv = randomize(getattr(torch.nn, f"Conv{nd}d")(2, 1, k, padding=k // 2)).double()
-    p = torch.randn((3, 2) + size, dtype=torch.float64, requires_grad=True)
-    a, b = narrow_conv(conv, p), conv(p)
-    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    ga = torch.autograd.grad(a.square().sum(), (p, conv.weight, conv.bias))
-    gb = torch.autograd.grad(b.square().sum(), (p, conv.weight, conv.bias))
-    for u, v in zip(ga, gb, strict=True):
-        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
-    if len(size) == 2:  # a traced graph keeps the standard conv op (exportable)
-        m = create_attention("cbam_spatial", 8).eval()
-        with torch.no_grad():
-            traced = torch.jit.trace(m, (torch.randn(2, 8)[:, :, None, None].expand(2, 8, *size),))
-        graph = str(traced.inlined_graph)
-        assert "_convolution" in graph and "thnn" not in graph and "slow_conv" not in graph

@@ -12,10 +12,11 @@ import platform
 
 import pytest
 
-from convattn.layers import native
+from convattn import fast
+from convattn.fast import native
 
 
-@pytest.mark.skipif(not native.enabled(), reason="CONVATTN_NATIVE=0")
+@pytest.mark.skipif(not fast.enabled(), reason="CONVATTN_FAST=0")
 @pytest.mark.skipif(native._compiler() is None, reason="no C compiler: the plain paths are the expected ones")
 @pytest.mark.skipif(platform.system() == "Windows", reason="the kernels are built with POSIX compilers only")
 def test_kernels_build_where_a_compiler_exists():

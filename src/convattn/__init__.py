@@ -45,6 +45,7 @@ __all__ = [
     "create_model",
     "describe",
     "detach",
+    "fast",
     "get_spec",
     "insertion_points",
     "list_attention",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 from . import attention as _attention  # noqa: E402,F401  (registers the zoo)
+from . import fast  # noqa: E402  (registers the fast paths and installs their selector)
 
 
 def compare(*args, **kwargs):

@@ -35,16 +35,7 @@ Defaults as the official code:
 The spatial gate's conv depends on the number of spatial dims, so ``cbam`` and
 ``cbam_spatial`` take ``dims`` (default 2); ``cbam_channel`` accepts any.
 
-Implementation: ``impl="fast"`` (default) and ``impl="plain"`` compute the same
-maths. ``plain`` follows the equations literally (X1 formed, then pooled).
-``fast`` reads X fewer times: mean_c X1 is computed as a batched matrix product
-of X with M_c / C without going through X1, under ``torch.no_grad`` the final
-product is written in place into X1, and the 2 -> 1 conv runs through an exact
-rewrite that avoids oneDNN's slow path for a conv with one output channel
-(native im2col kernel on small maps, a batch-folded depthwise conv on large
-ones: ``layers.fused.narrow_conv``; traced, compiled and exported graphs keep
-the standard conv op). ``cbam_spatial`` uses that conv too. The tests check both paths against the
-equation and against each other.
+A fast CPU implementation of this maths is registered in :mod:`convattn.fast.cbam`.
 
 Recorded maps: ``"channel"`` M_c (B, C); ``"spatial"`` M_s (B, *S).
 """
@@ -60,16 +51,13 @@ from ..layers import (
     batch_norm_nd,
     conv_nd,
     hidden_channels,
-    native,
-    plans,
+    spatial_amax,
+    spatial_mean,
     unsqueeze_spatial,
 )
-from ..layers.fused import channel_weighted_mean, narrow_conv, spatial_mean_amax
-from ..layers.gated import GateSpec, conv_1out, fast_ok, gated, wants_grad
 from ..registry import register
 
 _POOL_ORDERS = ("max_mean", "mean_max")
-_IMPLS = ("fast", "plain")
 
 _PAPER = dict(
     paper="CBAM: Convolutional Block Attention Module",
@@ -121,26 +109,10 @@ class CBAMChannel(AttentionModule):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """M_c, shape (B, C)."""
-        return self.gate_from_pools(*spatial_mean_amax(x))
-
-    def mlp_params(self) -> tuple[torch.Tensor, ...]:
-        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan:
-        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2), mlp_max=True)
-
-    def gate_native(self, avg: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
-        """M_c from the pooled vectors in the kernel library (no autograd)."""
-        return native.mlp2_sigmoid(avg, mx, *self.mlp_params())
+        return self.gate_from_pools(spatial_mean(x), spatial_amax(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            if torch.is_grad_enabled():
-                params = self.mlp_params()
-                if wants_grad(x, params):
-                    return gated(x, GateSpec(channel=self.gate_from_pools, channel_max=True), params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
@@ -205,51 +177,17 @@ class CBAMSpatial(AttentionModule):
         if zero_init_bn:
             nn.init.zeros_(self.bn.weight)
 
-    def gate_from_pools(
-        self, mx: torch.Tensor, mean: torch.Tensor, fast: bool = True
-    ) -> torch.Tensor:
-        """M_s (B, *S) from max_c and mean_c of the gated input, both (B, *S).
-
-        ``fast`` runs the 2 -> 1 conv through :func:`narrow_conv` (same conv, a
-        kernel without oneDNN's fixed cost); ``fast=False`` calls ``self.conv``.
-        """
+    def gate_from_pools(self, mx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """M_s (B, *S) from max_c and mean_c of the gated input, both (B, *S)."""
         pair = (mx, mean) if self.pool_order == "max_mean" else (mean, mx)
-        p = torch.stack(pair, 1)
-        v = conv_1out(p, self.conv.weight) if fast and self.conv.bias is None else None  # native kernels
-        if v is None:
-            v = narrow_conv(self.conv, p) if fast else self.conv(p)
-        return torch.sigmoid(self.bn(v)).squeeze(1)
+        return torch.sigmoid(self.bn(self.conv(torch.stack(pair, 1)))).squeeze(1)
 
-    def gate(self, x: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
         """M_s, shape (B, *S)."""
-        return self.gate_from_pools(x.amax(1), x.mean(1), fast)
-
-    def gate_params(self) -> tuple[torch.Tensor, ...]:
-        return tuple(p for p in (self.conv.weight, self.conv.bias, self.bn.weight, self.bn.bias) if p is not None)
-
-    def native_conv(self) -> tuple:
-        """``spatial_conv`` of :func:`convattn.layers.plans.gate_plan`: the 2-D gate in eval."""
-        return (self.conv, self.bn, self.pool_order == "max_mean")
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
-        return plans.gate_plan(dtype, spatial_conv=self.native_conv())
+        return self.gate_from_pools(x.amax(1), x.mean(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            params = self.gate_params() if torch.is_grad_enabled() else ()
-            if wants_grad(x, params):
-                return gated(x, GateSpec(spatial=self.gate_from_pools), params)
-            if x.dim() == 4:  # one kernel call unless BN is in training
-                plan = plans.eval_plan(self, x, self._plan, self.pool_order)
-                if plan is not None:
-                    return plans.run(plan, x, self)
-            if self.bn.training:
-                return gated(x, GateSpec(spatial=self.gate_from_pools), params)
-            B = x.shape[0]
-            mean, mx = native.pool_channel(x)[:2]
-            gs = self.gate_from_pools(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
-            return native.scale(x, None, gs)
         s = self.gate(x)
         self.record("spatial", s)
         return x * s.unsqueeze(1)
@@ -286,7 +224,6 @@ class CBAM(AttentionModule):
         pool_order: ``"max_mean"`` (official code, default) or ``"mean_max"`` (paper).
         bn_momentum: spatial BN momentum, PyTorch convention (default 0.01).
         zero_init_bn: spatial BN gamma = 0 at init (official ResNet init), default False.
-        impl: ``"fast"`` (default, fewer passes over X) or ``"plain"`` (literal).
         dims: number of spatial dims, 1, 2 or 3 (default 2).
     """
 
@@ -299,12 +236,9 @@ class CBAM(AttentionModule):
         pool_order: str = "max_mean",
         bn_momentum: float = 0.01,
         zero_init_bn: bool = False,
-        impl: str = "fast",
         dims: int = 2,
     ) -> None:
         super().__init__(channels, dims)
-        _check_choice(self._owner(), "impl", impl, _IMPLS)
-        self.impl = impl
         self.channel = CBAMChannel(channels, reduction=reduction, hidden=hidden)
         self.spatial = CBAMSpatial(
             channels,
@@ -317,55 +251,9 @@ class CBAM(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.impl == "plain":
-            return self._forward_plain(x)
-        if fast_ok(self, x):
-            return self._forward_native(x)
-        return self._forward_fast(x)
-
-    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        ch, sp = self.channel, self.spatial
-        params = ch.mlp_params() + sp.gate_params() if torch.is_grad_enabled() else ()
-        grad = wants_grad(x, params)
-        if not grad and x.dim() == 4:  # one kernel call unless BN is in training
-            plan = plans.eval_plan(self, x, self._plan, sp.pool_order)
-            if plan is not None:
-                return plans.run(plan, x, self)
-        if grad or sp.bn.training:
-            spec = GateSpec(
-                channel=ch.gate_from_pools, channel_max=True, spatial=sp.gate_from_pools, sequential=True
-            )
-            return gated(x, spec, params)
-        B = x.shape[0]
-        avg, mx = native.pool_spatial(x, want_max=True)[:2]
-        mc = ch.gate_native(avg, mx)
-        mean, mxc = native.pool_channel(x, mc)[:2]
-        ms = sp.gate_from_pools(mxc.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
-        return native.scale(x, mc, ms)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan | None:
-        ch = self.channel
-        return plans.gate_plan(dtype, mlp=(ch.fc1, ch.fc2), mlp_max=True, spatial_conv=self.spatial.native_conv(),
-                               sequential=True)
-
-    def _forward_plain(self, x: torch.Tensor) -> torch.Tensor:
         mc = self.channel.gate(x)
         x1 = x * unsqueeze_spatial(mc, x.dim() - 2)
-        ms = self.spatial.gate(x1, fast=False)
+        ms = self.spatial.gate(x1)
         self.record("channel", mc)
         self.record("spatial", ms)
         return x1 * ms.unsqueeze(1)
-
-    def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        mc = self.channel.gate_from_pools(*spatial_mean_amax(x))
-        x1 = x * unsqueeze_spatial(mc, x.dim() - 2)
-        # max_c needs X1; mean_c X1 = (M_c / C) . X is a matrix product on X
-        ms = self.spatial.gate_from_pools(x1.amax(1), channel_weighted_mean(x, mc))
-        self.record("channel", mc)
-        self.record("spatial", ms)
-        if torch.is_grad_enabled():
-            return x1 * ms.unsqueeze(1)
-        return x1.mul_(ms.unsqueeze(1))
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", impl={self.impl!r}"

@@ -33,10 +33,7 @@ total, the paper's "80"); the official module itself never computes k (its
 default is 3). Pass ``kernel_size=`` to choose k explicitly (e.g. to reproduce
 the released model stage by stage).
 
-Implementation: the 1D convolution is evaluated as ``sum_j unfold(pad(y))_j taps_j``, the same
-zero-padded cross-correlation as ``nn.Conv1d`` (whose weight ``self.conv.weight``
-holds the taps, so timm/official state dicts load), but without the per-call setup
-cost of the oneDNN convolution on tiny inputs.
+A fast CPU implementation of this maths is registered in :mod:`convattn.fast.channel`.
 
 Deviations: none in the maths. Works on 1D, 2D and 3D inputs (the pooling is over
 every spatial dim; the convolution runs across channels, so it does not depend on
@@ -48,11 +45,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, plans, spatial_mean, unsqueeze_spatial
-from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
+from ..layers import AttentionModule, spatial_mean, unsqueeze_spatial
 from ..registry import register
 
 
@@ -107,12 +102,7 @@ class ECA(AttentionModule):
 
     def gate_from_mean(self, z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
         """w from the pooled vector z = GAP(X), (B, C)."""
-        # the zero-padded k-tap cross-correlation of nn.Conv1d on (B, C, k) windows:
-        # same maths and weights as self.conv, without oneDNN's per-call setup cost
-        k = self.kernel_size
-        p = (k - 1) // 2
-        y = F.pad(z, (p, p))  # (B, C + 2p)
-        return torch.sigmoid((y.unfold(-1, k, 1) * self.conv.weight.view(k)).sum(-1))
+        return torch.sigmoid(self.conv(z.unsqueeze(1))).squeeze(1)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights w, shape (B, C)."""
@@ -120,18 +110,9 @@ class ECA(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            if torch.is_grad_enabled():
-                params = (self.conv.weight,)
-                if wants_grad(x, params):
-                    return gated(x, GateSpec(channel=self.gate_from_mean), params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         w = self.gate(x)
         self.record("channel", w)
         return x * unsqueeze_spatial(w, x.dim() - 2)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan:
-        return plans.gate_plan(dtype, conv1d=self.conv)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, kernel_size={self.kernel_size}"

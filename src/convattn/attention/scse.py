@@ -31,18 +31,14 @@ Deviation: the official sSE is a ``Conv2d``/``Conv3d``; we apply the same 1x1
 conv as a matrix product over channels so that one module serves 1, 2 and 3
 spatial dims (same maths, weight stored as ``proj.weight`` of shape (1, C)).
 
+The max merge is written ``where(X s >= X q, X s, max(X s, X q))``: at a tie (X = 0,
+common after a ReLU, or s = q) the gradient takes the cSE branch, a valid
+subgradient (the official ``torch.max`` splits it in halves between the branches);
+a NaN propagates as in ``torch.max``.
+
 Recorded maps: ``"channel"`` (B, C) = s, ``"spatial"`` (B, *S) = q.
 
-Speed: on contiguous float32/float64 CPU tensors both modules run on the native
-kernels of :mod:`convattn.layers.native` (GAP, the sSE logits and the merged
-product are one pass each; in training one autograd function, see
-:mod:`convattn.layers.gated`, with the same tie rule as below; in eval without
-autograd one kernel call, :func:`convattn.layers.plans.gate_plan`). Otherwise:
-the sSE logits are one batched matrix product (one read of X); the merge
-is one custom autograd function whose backward keeps only X and the two small
-gates. At a tie of the max (X = 0 or s = q) it takes the cSE branch's
-subgradient where ``torch.maximum`` splits it in halves (this only matters
-where X = 0 exactly, and there dL/ds and dL/dq are 0 either way).
+A fast CPU implementation of both modules is registered in :mod:`convattn.fast.scse`.
 """
 
 from __future__ import annotations
@@ -51,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, hidden_channels, plans
-from ..layers.gated import MAX, SUM, GateSpec, fast_ok, gated, wants_grad
+from ..layers import AttentionModule, hidden_channels
 from ..registry import register
 
 MERGES = ("max", "sum")
@@ -67,40 +62,6 @@ def sse_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     w = weight.view(1, 1, C).to(x.dtype).expand(B, 1, C)
     logits = torch.baddbmm(bias.to(x.dtype).view(1, 1, 1), w, flat)
     return torch.sigmoid(logits.view((B,) + x.shape[2:]))
-
-
-class _MaxMerge(torch.autograd.Function):
-    """Y = max(X * s, X * q) (s broadcast over S, q over C) with a lean backward.
-
-    The branch chosen at each element is s where X (s - q) >= 0, else q; then
-    dX = g * chosen gate, ds = sum_S(g X [s chosen]), dq = sum_C(g X [q chosen]).
-    At a tie (X = 0 or s = q) this takes the s branch, a valid subgradient
-    (``torch.maximum`` would split it in halves); only full-size buffers that
-    the backward needs are built, and only X is kept between the passes.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor):  # type: ignore[override]
-        ctx.save_for_backward(x, sb, qb)
-        return _max_merge(x, sb, qb)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, sb, qb = ctx.saved_tensors
-        d = sb - qb  # full size
-        chose_s = (d * x).ge_(0)  # 1.0 where the s branch is taken, else 0.0
-        dx = torch.addcmul(qb, chose_s, d).mul_(g)  # g * (q + [s chosen] (s - q))
-        gx = g * x
-        gx_s = chose_s.mul_(gx)
-        s_dims = tuple(range(2, x.dim()))
-        ds = gx_s.sum(s_dims, keepdim=True)
-        dq = gx.sum(1, keepdim=True).sub_(gx_s.sum(1, keepdim=True))
-        return dx, ds, dq
-
-
-def _max_merge(x: torch.Tensor, sb: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
-    y = torch.mul(x, sb)
-    return torch.maximum(y, x * qb, out=y)
 
 
 def _bcast_channel(s: torch.Tensor, nd: int) -> torch.Tensor:
@@ -141,19 +102,9 @@ class SSE(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            if torch.is_grad_enabled():
-                params = (self.proj.weight, self.proj.bias)
-                if wants_grad(x, params):
-                    spec = GateSpec(spatial=self.gate_from_logits, spatial_kind="linear", linear_index=0)
-                    return gated(x, spec, params)
-            return plans.run(plans.eval_plan(self, x, self._plan), x, self)
         q = self.gate(x)
         self.record("spatial", q)
         return x * q.unsqueeze(1)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan:
-        return plans.gate_plan(dtype, linear=self.proj)
 
 
 @register(
@@ -203,7 +154,7 @@ class SCSE(AttentionModule):
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(s, q): the channel weights (B, C) and the spatial map (B, *S)."""
         dims = tuple(range(2, x.dim()))
-        s = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dims)))))
+        s = self.channel_gate_from_mean(x.mean(dims))
         q = sse_gate(x, self.proj.weight, self.proj.bias)
         return s, q
 
@@ -215,44 +166,18 @@ class SCSE(AttentionModule):
         """q from the bias-free logits w . X, (B, *S)."""
         return torch.sigmoid(logits + self.proj.bias.to(logits.dtype))
 
-    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.proj.weight, self.proj.bias)
-            if wants_grad(x, params):
-                spec = GateSpec(
-                    channel=self.channel_gate_from_mean,
-                    spatial=self.spatial_gate_from_logits,
-                    spatial_kind="linear",
-                    linear_index=4,
-                    mode=SUM if self.merge == "sum" else MAX,
-                )
-                return gated(x, spec, params)
-        return plans.run(plans.eval_plan(self, x, self._plan, self.merge), x, self)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan:
-        mode = SUM if self.merge == "sum" else MAX
-        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2), linear=self.proj, mode=mode)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            return self._forward_native(x)
         s, q = self.gates(x)
         self.record("channel", s)
         self.record("spatial", q)
         sb = _bcast_channel(s, x.dim() - 2)
         qb = q.unsqueeze(1)
         if self.merge == "sum":
-            # X * s + X * q = X * (s + q): one full-size gate, one product
-            g = sb + qb
-            if torch.is_grad_enabled() and (x.requires_grad or g.requires_grad):
-                return x * g
-            return g.mul_(x)
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-            return torch.maximum(x * sb, x * qb)  # standard ops only (no out=, no custom function)
-        if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad or q.requires_grad):
-            return _MaxMerge.apply(x, sb, qb)
-        return _max_merge(x, sb, qb)
+            return x * (sb + qb)
+        ys, yq = x * sb, x * qb
+        # max(ys, yq): a tie takes the cSE branch (where), a NaN propagates (maximum)
+        return torch.where(ys >= yq, ys, torch.maximum(ys, yq))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.fc1.out_features}, merge={self.merge!r}"

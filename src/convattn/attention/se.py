@@ -13,12 +13,7 @@ Defaults as the official code: r = 16, hidden width ``C // r`` (no rounding),
 biases on both layers, no BatchNorm. Placement in a ResNet: after the last BN of
 the residual branch, before the identity add.
 
-Speed: on contiguous float32/float64 CPU tensors the pooling and the product run
-in the native kernels of :mod:`convattn.layers.native` (one pass each; in
-training one autograd function whose backward is one more pass, the MLP in
-PyTorch; in eval without autograd the whole module is one kernel call,
-:func:`~convattn.layers.plans.gate_plan`). Traced, compiled and exported
-graphs, map captures and other tensors use the plain ops above.
+A fast CPU implementation of this maths is registered in :mod:`convattn.fast.channel`.
 """
 
 from __future__ import annotations
@@ -27,14 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import (
-    AttentionModule,
-    hidden_channels,
-    plans,
-    spatial_mean,
-    unsqueeze_spatial,
-)
-from ..layers.gated import GateSpec, fast_ok, gated, wants_grad
+from ..layers import AttentionModule, hidden_channels, spatial_mean, unsqueeze_spatial
 from ..registry import register
 
 
@@ -77,18 +65,6 @@ class SE(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if fast_ok(self, x):
-            return self._forward_native(x)
         s = self.gate(x)
         self.record("channel", s)
         return x * unsqueeze_spatial(s, x.dim() - 2)
-
-    def _forward_native(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():  # (the parameter tuple costs more than the eval call's setup)
-            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-            if wants_grad(x, params):
-                return gated(x, GateSpec(channel=self.gate_from_mean), params)
-        return plans.run(plans.eval_plan(self, x, self._plan), x, self)
-
-    def _plan(self, dtype: torch.dtype) -> plans.Plan:
-        return plans.gate_plan(dtype, mlp=(self.fc1, self.fc2))

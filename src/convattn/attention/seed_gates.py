@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, unsqueeze_spatial
-from ..layers.fused import pointwise_mlp
+from ..layers.ops import pointwise_mlp
 from ..registry import register
 
 _SEED = dict(

@@ -27,10 +27,7 @@ Deviations from the official code:
 Recorded maps: ``"spatial"`` (B, *S) = the channel mean of sigmoid(E_inv) (the
 real gate is per element; the mean summarises it as one map per image).
 
-Speed: the forward reads X for the mean, forms X - mu once and then updates that
-buffer in place (scale, square, +0.5, sigmoid, * X) when no gradient is needed.
-With autograd a custom backward recomputes from X and the saved gate, so the
-graph holds only two full-size tensors (X and the gate).
+A fast CPU implementation of this maths is registered in :mod:`convattn.fast.simam`.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import math
 
 import torch
 
-from ..layers import AttentionModule, native, plans
+from ..layers import AttentionModule
 from ..registry import register
 
 
@@ -54,77 +51,6 @@ def simam_gate(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
     d = t * t
     v = d.sum(dims, keepdim=True) / _n_minus_one(x)
     return torch.sigmoid(d / (4 * (v + e_lambda)) + 0.5)
-
-
-def _gate_inplace(x: torch.Tensor, e_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gate, a = 1/(4(v+lambda))) with a single new full-size buffer. No autograd."""
-    dims = tuple(range(2, x.dim()))
-    t = x - x.mean(dims, keepdim=True)
-    v = torch.linalg.vector_norm(t, dim=dims, keepdim=True).square_().div_(_n_minus_one(x))
-    a = (v + e_lambda).mul_(4).reciprocal_()
-    # t <- sigmoid(a t^2 + 0.5) in place: (t sqrt(a))^2 = a t^2
-    t.mul_(a.sqrt()).square_().add_(0.5).sigmoid_()
-    return t, a
-
-
-class _SimAMFunction(torch.autograd.Function):
-    """Y = X * sigmoid(E_inv) with a hand-written backward.
-
-    With q = dL/dE_inv = g X s (1 - s), c = X - mu, a = 1 / (4 (v + lambda))::
-
-        dL/dX = g s + 2 c (a q + K) - (2 a / N) sum_S(c q),
-        K = -4 a^2 sum_S(q c^2) / n
-
-    (the two last terms are the paths through v and mu).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]
-        s, a = _gate_inplace(x, e_lambda)
-        ctx.save_for_backward(x, s, a)
-        return x * s
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, s, a = ctx.saved_tensors
-        dims = tuple(range(2, x.dim()))
-        n_pos = math.prod(x.shape[2:])
-        gs = g * s
-        # q = g x s (1 - s) = gs * x - gs * x * s
-        q = gs * x
-        q.addcmul_(q, s, value=-1.0)
-        c = x - x.mean(dims, keepdim=True)
-        qc = q * c
-        sum_qc = qc.sum(dims, keepdim=True)
-        sum_qcc = (qc * c).sum(dims, keepdim=True)
-        k = sum_qcc.mul_(a.square()).mul_(-4.0 / _n_minus_one(x))
-        # dx = gs + 2 c (a q + K) - (2 a / N) sum(c q) = gs + 2 a qc + 2 K c - const
-        dx = torch.addcmul(gs, qc, a, value=2.0)
-        dx.addcmul_(c, k, value=2.0)
-        dx.sub_(sum_qc.mul_(a).mul_(2.0 / n_pos))
-        return dx, None
-
-
-class _SimAMNative(torch.autograd.Function):
-    """The same function and gradient in the native kernels: each (b, c) row is
-    read once forward (mean, variance and the gate from the cached row) and once
-    backward (dy and x). The sigmoid is computed as 1 / (1 + 2^(-e log2 e)); in
-    float32, 2^t comes from a 32-entry table and a degree-2 polynomial on CPUs with
-    AVX-512 (largest relative error of y against float64 measured 1.4e-7), from a
-    degree-5 polynomial elsewhere (2.4e-7)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]
-        y, a = native.simam_forward(x, e_lambda, want_a=True)
-        ctx.save_for_backward(x, a)
-        ctx.e_lambda = e_lambda
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        x, a = ctx.saved_tensors
-        return native.simam_backward(g, x, ctx.e_lambda, a), None
 
 
 @register(
@@ -159,25 +85,9 @@ class SimAM(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        plain = (
-            self._map_sink is not None
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
-            or torch.compiler.is_compiling()
-        )
-        if plain:
-            # plain differentiable ops: traceable/exportable, and the recorded map
-            # stays in the graph under capture_maps(detach=False)
-            s = simam_gate(x, self.e_lambda)
-            self.record("spatial", s.mean(1))
-            return x * s
-        if math.prod(x.shape[2:]) > 1 and native.usable(x):
-            if torch.is_grad_enabled() and x.requires_grad:
-                return _SimAMNative.apply(x, self.e_lambda)
-            return native.simam_forward(x, self.e_lambda, out=x if plans.may_overwrite(self, x) else None)[0]
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _SimAMFunction.apply(x, self.e_lambda)
-        return _gate_inplace(x, self.e_lambda)[0].mul_(x)
+        s = simam_gate(x, self.e_lambda)
+        self.record("spatial", s.mean(1))
+        return x * s
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, e_lambda={self.e_lambda}"

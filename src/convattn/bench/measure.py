@@ -108,7 +108,7 @@ def _slow_conv2d_backward_flop(grad_out_shape, x_shape, w_shape, _kernel, _strid
     """aten._slow_conv2d_backward (the native im2col conv's backward; torch has no formula).
 
     Each of grad_input and grad_weight costs what the forward does (the backward
-    of CBAM's small-map 2 -> 1 conv, ``layers.fused.narrow_conv``); grad_bias is a
+    of a 2 -> 1 conv on a small map); grad_bias is a
     sum, not counted, as for torch's ``convolution_backward`` formula.
     """
     from torch.utils.flop_counter import conv_flop_count
@@ -181,27 +181,16 @@ def flop_formulas() -> dict:
     return out
 
 
-@contextlib.contextmanager
-def standard_path(module: nn.Module):
-    """Run every submodule with an ``impl`` option on its literal ``"plain"`` path.
+def standard_path(module: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Every module on its plain forward (standard ops) inside the block.
 
-    FLOPs describe a module's maths, not an implementation trick: CBAM's
-    ``impl="fast"`` computes mean_c(X * M_c) as a batched matrix product, which
-    FlopCounterMode would count (2 B C S) although the literal mean is not. The
-    attribute is restored on exit. (Kernels that bypass PyTorch ops check
-    ``torch._C._len_torch_dispatch_stack()`` and take their standard ops under any
-    dispatch mode, FlopCounterMode included.)
+    FLOPs describe a module's maths, not an implementation: the fast paths call
+    kernels that PyTorch's counters do not see. (They also step aside by themselves
+    under any dispatch mode, FlopCounterMode included.)
     """
-    changed = []
-    for m in module.modules():
-        if getattr(m, "impl", None) == "fast":
-            changed.append(m)
-            m.impl = "plain"
-    try:
-        yield module
-    finally:
-        for m in changed:
-            m.impl = "fast"
+    from ..fast import use
+
+    return use(False)
 
 
 def count_flops(module: nn.Module, x: torch.Tensor, mode: str = "eval") -> int:

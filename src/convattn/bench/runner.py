@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..layers import native
+from ..fast import native
 from . import measure as M
 from .options import (
     DEFAULT_MODEL_SHAPE,

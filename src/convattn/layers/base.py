@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,6 +64,33 @@ def _join_or(values: tuple[int, ...]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
+#: the accelerator :mod:`convattn.fast` installs: ``(module, x) -> Tensor | None``,
+#: None when the module's own forward is to run
+_accelerator: Callable[[nn.Module, torch.Tensor], torch.Tensor | None] | None = None
+
+
+def install_accelerator(fn: Callable[[nn.Module, torch.Tensor], torch.Tensor | None] | None) -> None:
+    """Set the function every :class:`AttentionModule` forward asks first (see the class)."""
+    global _accelerator
+    _accelerator = fn
+
+
+def _offer_to_accelerator(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` preceded by one question to the installed accelerator."""
+
+    @functools.wraps(forward)
+    def dispatch(self: nn.Module, x: Any, *args: Any, **kwargs: Any) -> Any:
+        accelerate = _accelerator
+        if accelerate is not None and not args and not kwargs:
+            y = accelerate(self, x)
+            if y is not None:
+                return y
+        return forward(self, x, *args, **kwargs)
+
+    dispatch.plain_forward = forward  # type: ignore[attr-defined]
+    return dispatch
+
+
 class AttentionModule(nn.Module):
     """Base class of the zoo: input checks and attention-map recording.
 
@@ -71,6 +99,12 @@ class AttentionModule(nn.Module):
     call ``self.record(kind, tensor)`` for each gate they apply. ``record`` does
     nothing unless :func:`convattn.capture_maps` is active, so recording costs one
     attribute test per forward when it is off.
+
+    ``forward`` is the module's maths in standard PyTorch ops. Before it runs, the
+    accelerator installed by :mod:`convattn.fast` (if any) is offered the call; it
+    returns a result only when a fast implementation registered for exactly this
+    class accepts the input, and None otherwise. ``type(m).forward.plain_forward``
+    is the forward as written.
     """
 
     #: set by ``register``
@@ -83,6 +117,9 @@ class AttentionModule(nn.Module):
         # Every module accepts the factory kwargs ``device``/``dtype`` that timm
         # passes to ``attn_layer(channels, device=..., dtype=...)``.
         super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not hasattr(forward, "plain_forward"):
+            cls.forward = _offer_to_accelerator(forward)
         init = cls.__dict__.get("__init__")
         if init is None or getattr(init, "_takes_factory_kwargs", False):
             return

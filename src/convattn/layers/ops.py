@@ -42,3 +42,24 @@ def channel_pool(x: torch.Tensor, max_first: bool = True) -> torch.Tensor:
     mx = x.amax(1, keepdim=True)
     mean = x.mean(1, keepdim=True)
     return torch.cat((mx, mean) if max_first else (mean, mx), dim=1)
+
+
+def pointwise_mlp(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+) -> torch.Tensor:
+    """The per-position MLP ``W2 relu(W1 x + b1) + b2`` over channels.
+
+    x (B, C, *S); w1 (H, C), b1 (H,), w2 (O, H), b2 (O,). This is a 1x1 conv
+    C -> H -> O written as two batched matrix products, so it works for any number
+    of spatial dims without a ConvNd. Returns (B, O, *S).
+    """
+    B, C = x.shape[:2]
+    flat = x.reshape(B, C, -1)
+    h = torch.baddbmm(b1.view(1, -1, 1), w1.unsqueeze(0).expand(B, -1, -1), flat)
+    h = torch.relu(h)
+    out = torch.baddbmm(b2.view(1, -1, 1), w2.unsqueeze(0).expand(B, -1, -1), h)
+    return out.view((B, out.shape[1]) + x.shape[2:])

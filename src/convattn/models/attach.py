@@ -32,11 +32,9 @@ module tree. The hooks run under ``torch.compile``, ``torch.jit.trace`` and
 ``torch.onnx.export``; ``torch.jit.script`` and ``torch.fx`` tracing do not see
 them.
 
-In eval without autograd, a gating module (se, eca, cbam and its halves, sse, scse,
-coord, triplet, simam) hooked on a torch norm or conv writes its result over that
-layer's output instead of a new tensor, when nothing else can hold it (no other
-hook saw it first); the result is the same, one full-size tensor per block less is
-allocated and written.
+For inference, :func:`convattn.fast.fuse_for_inference` replaces each norm and the
+gate attached to it by one module that writes the gate's result over the norm's
+fresh output (an explicit step, like conv-BN fusion; :func:`detach` undoes it too).
 
 Options: ``**options`` go to the attention's constructor. Wrap a value in
 :func:`per_stage` to give one value per stage, e.g. ECA's official ResNet-50
@@ -70,14 +68,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _module_lib
 
-from ..layers.fused import _tracing
-from ..layers.plans import overwriting
 from ..registry import create_attention, get_spec
 
 ATTR = "attention"
 _MARK = "_convattn_inserted"
+_HOOK = "_convattn_hook"  # the inserted module's handle of the forward hook that applies it
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3, nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2,
@@ -472,40 +468,9 @@ def _is_identity(m: nn.Module, channels: int, dims: int) -> bool:
             mod.training = training
 
 
-#: modules whose forward returns a new tensor of its own (exact types: a subclass may keep it)
-_FRESH_OUTPUT = frozenset({
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
-    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-})
-
-
-def _may_overwrite(module: nn.Module, output: Any, att: nn.Module) -> bool:
-    """Whether ``att`` may write its result into ``output``: a fresh CPU tensor that no
-    one else can hold. Its producer is a torch norm or conv (not a subclass); no hook
-    ran on it before this one (ours is ``module``'s first forward hook, and there are no
-    global hooks) and none will see it as ``att``'s input (``att`` has no hooks); it
-    takes no part in autograd; no graph is being traced."""
-    if _tracing() or type(module) not in _FRESH_OUTPUT or type(output) is not torch.Tensor:
-        return False
-    if output.requires_grad or output._base is not None or not output.is_cpu:
-        return False
-    if next(iter(module._forward_hooks.values()), None) is not _apply_attention:
-        return False
-    if att._forward_hooks or att._forward_pre_hooks or _module_lib._global_forward_hooks:
-        return False
-    return not _module_lib._global_forward_pre_hooks
-
-
 def _apply_attention(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-    # forward hook installed by attach(): the inserted module transforms the output.
-    # In eval without autograd, the gating kernels can write Y over the norm's fresh
-    # output instead of a new tensor: ResNet-50 + SE, batch 8, 2 threads, 1.056x ->
-    # 1.024x plain's latency (one A/B run; a new 26 MB tensor per block of layer1).
-    att = module._modules[ATTR]
-    if _may_overwrite(module, output, att):
-        with overwriting(att, output):
-            return att(output)
-    return att(output)
+    # forward hook installed by attach(): the inserted module transforms the output
+    return module._modules[ATTR](output)
 
 
 def _inserted(model: nn.Module) -> list[str]:
@@ -589,7 +554,7 @@ def attach(
         setattr(m, _MARK, True)
         s.module.add_module(ATTR, m)
         if not _is_plain_sequential(s.module):
-            s.module.register_forward_hook(_apply_attention)
+            setattr(m, _HOOK, s.module.register_forward_hook(_apply_attention))
         points.append(InsertionPoint(s.path, s.channels, s.stage, _join(s.path, ATTR)))
     return points
 
@@ -610,17 +575,18 @@ def detach(model: nn.Module) -> list[str]:
 
     The module tree, parameter names and outputs are the original ones again.
     """
+    from ..fast.fusion import unfuse
+
+    unfuse(model)
     removed = []
     for path, m in list(model.named_modules()):
         child = m._modules.get(ATTR)
         if not getattr(child, _MARK, False):
             continue
         del m._modules[ATTR]
-        for key, hook in list(m._forward_hooks.items()):
-            if hook is _apply_attention:
-                del m._forward_hooks[key]
-                m._forward_hooks_with_kwargs.pop(key, None)
-                m._forward_hooks_always_called.pop(key, None)
+        handle = child.__dict__.pop(_HOOK, None)
+        if handle is not None:
+            handle.remove()
         removed.append(_join(path, ATTR))
     if not removed:
         raise ValueError(f"detach: {type(model).__name__} has no attention attached by convattn's attach()")

@@ -1,34 +1,35 @@
-"""Native CPU kernels for the gating modules: build on first use, call through ctypes.
+"""Native CPU kernels for the gating modules: built on first use, called through ctypes.
 
 The kernels (``csrc/gates.c``, plain C + OpenMP) fuse the passes a gate makes
 over the full-size activation: pooling, gating, and the input gradient, one pass
 each, on contiguous float32 / float64 CPU tensors. With autograd, everything small
 (MLPs, convs on pooled maps, BatchNorm) stays in PyTorch, so autograd still
 differentiates it; in eval without autograd a whole module is one kernel call
-(:mod:`convattn.layers.plans`).
+(:mod:`convattn.fast.plans`). Whether a module's call uses them is decided in one
+place, :mod:`convattn.fast.select`.
 
 Building: the first call compiles the source with the system C compiler
 (``$CC``, else ``cc``/``gcc``/``clang``; about a second) into a per-machine cache
-directory (``$CONVATTN_CACHE_DIR``, else ``$XDG_CACHE_HOME/convattn`` or
-``~/.cache/convattn``), keyed by the source, the compiler and the CPU, and
-loads it. If no compiler is found or the build fails, a warning is issued once
-and every module uses its plain PyTorch path (same results). Set
-``CONVATTN_NATIVE=0`` to disable the kernels.
+folder (``$CONVATTN_CACHE/native``, ``$CONVATTN_CACHE_DIR`` being an older name of
+the same setting; else ``$XDG_CACHE_HOME/convattn`` or ``~/.cache/convattn``),
+keyed by the source, the compiler and the CPU. A library is used only after its
+checksum matches the one recorded when it was built and a self-test call gives
+the known answer; a damaged cache entry is rebuilt (one warning). If no compiler
+is found or the build fails, a warning is issued once and every module uses its
+plain PyTorch forward (same results).
 
-When the kernels are *not* used, whatever the tensors: tracing, scripting,
-``torch.compile``/``torch.export``/ONNX export (exported graphs contain only
-standard ops), an active ``TorchDispatchMode`` or ``TorchFunctionMode`` (e.g.
-``FlopCounterMode``, fake tensors), tensor subclasses, non-CPU devices, other
-dtypes, and non-contiguous (e.g. channels-last) inputs.
+Every wrapper below takes contiguous tensors of the dtype it is called for; the
+callers (the fast paths in this package) check shapes, dtypes and layouts before
+calling.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,9 @@ from pathlib import Path
 
 import torch
 
-from .fused import _tracing
-
-SOURCE = Path(__file__).with_name("csrc") / "gates.c"
-SOURCES = (SOURCE, SOURCE.with_name("gates_impl.h"), SOURCE.with_name("fused_impl.h"))
+CSRC = Path(__file__).with_name("csrc")
+SOURCE = CSRC / "gates.c"
+SOURCES = (SOURCE, CSRC / "gates.h", CSRC / "kernels.def", CSRC / "gates_impl.h", CSRC / "fused_impl.h")
 FLAGS = (
     "-O3",
     "-march=native",
@@ -59,71 +59,97 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     # 256-bit vectors: the rows here are often short (7 to 56 values), where 512-bit
     # loops spend most of their time in scalar remainders (measured: 1.4x faster pools)
     FLAGS += ("-mprefer-vector-width=256",)
-ABI_VERSION = 4
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
 
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-
-#: argument signatures (after the dtype suffix is added)
-_SIGNATURES = {
-    "pool_spatial": [_P, _I, _I, _P, _P, _P, _P, ctypes.c_int],
-    "pool_channel": [_P, _P, _I, _I, _I, _P, _P, _P, _P, ctypes.c_int],
-    "scale": [_P, _P, _P, _I, _I, _I, ctypes.c_int, _P, ctypes.c_int],
-    "dots": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int, _P, _P, _P, ctypes.c_int],
-    "grad_input": [_P, _P, _P, _P, _I, _I, _I, ctypes.c_int, _P, _P, _P, _P, _P, ctypes.c_int],
-    "simam_fwd": [_P, _I, _I, None, _P, _P, ctypes.c_int],
-    "simam_bwd": [_P, _P, _I, _I, None, _P, _P, ctypes.c_int],
-    "mlp2_sigmoid": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P],
-    "conv1d_sigmoid": [_P, _I, _I, _I, _I, _P, _P, _P],
-    "rowdot": [_P, _P, _I, _I, _I, _P, ctypes.c_int],
-    "coord_pool": [_P, _I, _I, _I, _P, ctypes.c_int],
-    "coord_scale": [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
-    "coord_dots": [_P, _P, _P, _P, _I, _I, _I, _P, _P, ctypes.c_int],
-    "coord_grad": [_P, _P, _P, _P, _P, _I, _I, _I, _P, ctypes.c_int],
-    "triplet_pool": [_P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int],
-    "triplet_scale": [_P, _P, _P, _P, _I, _I, _I, _I, None, _P, ctypes.c_int],
-    "triplet_dots": [_P, _P, _I, _I, _I, _I, _P, _P, _P, ctypes.c_int],
-    "triplet_grad": [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, ctypes.c_int],
-    "conv2d_gate": [_P, _P, _I, _I, _I, _P, _I, None, None, ctypes.c_int, _P, ctypes.c_int],
-    "conv2d_bwd": [_P, _P, _P, _I, _I, _I, _P, _I, _P, _P, _P, ctypes.c_int],
-    "gate_eval": [_P, _P, _P, ctypes.c_int],
-    "sigmoid": [_P, _I],
-    "coord_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, None, _P, _P, _P, _P, _P, ctypes.c_int],
-    "triplet_eval": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, None, _P, ctypes.c_int],
-}
-#: kernels that return a status (0 = done, 1 = out of memory) instead of nothing
-_RETURNS_STATUS = frozenset({"conv2d_gate", "conv2d_bwd", "gate_eval", "coord_eval", "triplet_eval"})
 _SUFFIX = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
 
-_off_depth = 0
+# ------------------------------------------------------------------ the interface
+# Read from the C headers themselves (csrc/kernels.def, csrc/gates.h), which gates.c
+# includes: a declaration that differs from its definition does not compile, and
+# the Python side takes its types from the same lines.
 
 
-def enabled() -> bool:
-    """False when ``CONVATTN_NATIVE`` is set to 0/false/no/off, or inside :func:`disabled`."""
-    if _off_depth:
-        return False
-    return os.environ.get("CONVATTN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
 
 
-@contextlib.contextmanager
-def disabled():
-    """Run the plain PyTorch paths inside this block (tests, benchmarks, debugging)."""
-    global _off_depth
-    _off_depth += 1
-    try:
-        yield
-    finally:
-        _off_depth -= 1
+def _ctype(decl: str, real: type | None) -> type | None:
+    """The ctypes type of one C parameter or field declaration (``real`` for T)."""
+    if "*" in decl:
+        return ctypes.c_void_p
+    words = decl.replace("const", " ").split()
+    kind = words[0] if words else ""
+    table = {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "double": ctypes.c_double, "void": None}
+    if kind == "T":
+        return real
+    if kind not in table:
+        raise ValueError(f"csrc: unsupported C type in {decl.strip()!r}")
+    return table[kind]
+
+
+def kernel_declarations() -> dict[str, tuple[str, list[str]]]:
+    """``{name: (return type, [parameter declarations])}`` from csrc/kernels.def."""
+    out = {}
+    for line in _strip_comments((CSRC / "kernels.def").read_text()).splitlines():
+        m = re.fullmatch(r"\s*KERNEL\((\w+),\s*(\w+),\s*\((.*)\)\)\s*", line)
+        if m:
+            out[m.group(2)] = (m.group(1), [p.strip() for p in m.group(3).split(",")])
+        elif line.strip():
+            raise ValueError(f"csrc/kernels.def: cannot read {line.strip()!r}")
+    return out
+
+
+def _header() -> str:
+    return _strip_comments((CSRC / "gates.h").read_text())
+
+
+def header_enums() -> dict[str, int]:
+    """Every enumerator of csrc/gates.h with its value."""
+    values = {}
+    for body in re.findall(r"enum\s+\w*\s*\{(.*?)\}", _header(), flags=re.S):
+        for item in body.split(","):
+            name, value = (t.strip() for t in item.split("="))
+            values[name] = int(value)
+    return values
+
+
+def header_struct(name: str) -> list[tuple[str, type]]:
+    """The fields of ``typedef struct {...} name;`` in csrc/gates.h as ctypes fields."""
+    m = re.search(r"typedef\s+struct\s*\{(.*?)\}\s*" + name + r"\s*;", _header(), flags=re.S)
+    if m is None:
+        raise ValueError(f"csrc/gates.h: no struct {name}")
+    fields = []
+    for decl in filter(None, (d.strip() for d in m.group(1).split(";"))):
+        first, *rest = (part.strip() for part in decl.split(","))
+        words = first.replace("*", " * ").split()
+        ctype = _ctype(first.rsplit(words[-1], 1)[0] + " x", None)
+        fields.append((words[-1], ctype))
+        for extra in rest:
+            fields.append((extra.lstrip("*").strip(), ctype))
+    return fields
+
+
+class GateEvalArgs(ctypes.Structure):
+    """``gate_eval_args`` of csrc/gates.h (read from the header)."""
+
+    _fields_ = header_struct("gate_eval_args")
+
+
+_ENUMS = header_enums()
+GE_MLP, GE_MLP_MAX, GE_CONV1D = _ENUMS["GE_MLP"], _ENUMS["GE_MLP_MAX"], _ENUMS["GE_CONV1D"]
+GE_SP_CONV, GE_SP_LINEAR = _ENUMS["GE_SP_CONV"], _ENUMS["GE_SP_LINEAR"]
+#: how a product merges a channel and a spatial gate (``mode`` of the kernels)
+PRODUCT, SUM, MAX = _ENUMS["GATE_PRODUCT"], _ENUMS["GATE_SUM"], _ENUMS["GATE_MAX"]
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CONVATTN_CACHE_DIR")
+    """Where built libraries are kept: ``<cache>/native`` of the cache folder."""
+    root = os.environ.get("CONVATTN_CACHE") or os.environ.get("CONVATTN_CACHE_DIR")
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -146,14 +172,20 @@ def _cpu_key() -> str:
     return platform.machine() + flags
 
 
-def _build(cc: str) -> Path:
+def _library_path(cc: str) -> Path:
     src = b"".join(p.read_bytes() for p in SOURCES)
     key = hashlib.sha256(
         src + " ".join(FLAGS).encode() + cc.encode() + _cpu_key().encode() + sys.platform.encode()
     ).hexdigest()[:16]
-    out = cache_dir() / "native" / key / "gates.so"
-    if out.exists():
-        return out
+    return cache_dir() / "native" / key / "gates.so"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(cc: str, out: Path) -> None:
+    """Compile into ``out`` and record its checksum beside it (``gates.so.sha256``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
@@ -163,46 +195,94 @@ def _build(cc: str) -> Path:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{Path(cc).name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        digest = _digest(Path(tmp))
         os.replace(tmp, out)  # atomic: concurrent builders (test workers) never see half a file
+        side = out.with_name(out.name + ".sha256")
+        fd, tmp_side = tempfile.mkstemp(suffix=".sha256", dir=out.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest)
+        os.replace(tmp_side, side)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return out
 
 
-def _load() -> ctypes.CDLL | None:
+def _intact(path: Path) -> bool:
+    """The library at ``path`` is the file that was built there (its recorded checksum)."""
+    side = path.with_name(path.name + ".sha256")
+    try:
+        return side.read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    """Type every kernel from csrc/kernels.def; raise AttributeError for a missing one."""
+    lib.convattn_schunk.restype = ctypes.c_longlong
+    lib.convattn_set_stream_min_bytes.argtypes = [ctypes.c_longlong]
+    for name, (ret, params) in kernel_declarations().items():
+        for suffix, real in _SUFFIX.values():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes = [_ctype(p, real) for p in params]
+            fn.restype = _ctype(ret, real)
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """One small call with a known answer; RuntimeError if the library gets it wrong."""
+    x = torch.tensor([[1.0, 4.0, 2.0, 1.0]])
+    mean, mx = torch.empty(1), torch.empty(1)
+    lib.pool_spatial_f32(x.data_ptr(), 1, 4, mean.data_ptr(), mx.data_ptr(), None, None, 1)
+    if mean.item() != 2.0 or mx.item() != 4.0:
+        raise RuntimeError("kernel library failed its self-test")
+
+
+def _open(cc: str) -> ctypes.CDLL:
+    path = _library_path(cc)
+    if path.exists() and not _intact(path):
+        warnings.warn(f"convattn: the cached kernel library {path} is damaged; rebuilding it", RuntimeWarning,
+                      stacklevel=4)
+        path.unlink()
+    if not path.exists():
+        _build(cc, path)
+    lib = ctypes.CDLL(str(path))
+    _bind(lib)
+    _self_test(lib)
+    lib.convattn_set_stream_min_bytes(llc_bytes() or 0)
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel library, built and checked on the first call; None if it cannot be
+    had (one warning says why; :func:`load_error` too)."""
     global _lib, _tried, _error
+    if _tried:
+        return _lib
     with _lock:
         if _tried:
             return _lib
-        _tried = True
         cc = _compiler()
         if cc is None:
             _error = "no C compiler found (set CC)"
         else:
             try:
-                lib = ctypes.CDLL(str(_build(cc)))
-                lib.convattn_schunk.restype = ctypes.c_longlong
-                if lib.convattn_abi_version() != ABI_VERSION:
-                    raise RuntimeError("stale kernel library")
-                lib.convattn_set_stream_min_bytes.argtypes = [ctypes.c_longlong]
-                lib.convattn_set_stream_min_bytes(llc_bytes() or 0)
-                for base, argtypes in _SIGNATURES.items():
-                    for suffix, real in _SUFFIX.values():
-                        fn = getattr(lib, f"{base}_{suffix}")
-                        fn.argtypes = [real if a is None else a for a in argtypes]
-                        fn.restype = ctypes.c_int if base in _RETURNS_STATUS else None
-                _lib = lib
-            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+                _lib = _open(cc)
+            except (OSError, RuntimeError, ValueError, subprocess.SubprocessError, AttributeError,
+                    ctypes.ArgumentError) as exc:
                 _error = f"{type(exc).__name__}: {exc}"
+        _tried = True
         if _lib is None:
             warnings.warn(
-                f"convattn: native CPU kernels unavailable ({_error}); using the plain PyTorch paths "
-                "(same results, slower). Set CONVATTN_NATIVE=0 to silence this.",
+                f"convattn: native CPU kernels unavailable ({_error}); using the plain PyTorch forwards "
+                "(same results, slower). Set CONVATTN_FAST=0 to silence this.",
                 RuntimeWarning,
                 stacklevel=3,
             )
         return _lib
+
+
+def load_error() -> str | None:
+    """Why :func:`load` found no library (None when it did or has not been called)."""
+    return _error
 
 
 def llc_bytes() -> int | None:
@@ -224,33 +304,17 @@ def llc_bytes() -> int | None:
 
 
 def available() -> bool:
-    """Whether the kernels are enabled and built (builds them on the first call)."""
-    return enabled() and _load() is not None
+    """Whether the kernel library is built and loaded (builds it on the first call)."""
+    return load() is not None
 
 
 def status() -> str:
     """A one-line description for reports: 'on', 'off (reason)'."""
+    from .select import enabled
+
     if not enabled():
-        return "off (CONVATTN_NATIVE=0)"
-    return "on" if _load() is not None else f"off ({_error})"
-
-
-def _graph_capture() -> bool:
-    """A graph capture (:func:`convattn.layers.fused._tracing`) or any dispatch/function mode."""
-    if _tracing():
-        return True
-    return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
-
-
-def usable(x: torch.Tensor, contiguous: bool = True) -> bool:
-    """True when the kernels may run on ``x`` (see the module docstring); with
-    ``contiguous=False`` for a tensor the caller copies into a contiguous one."""
-    if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _SUFFIX or (contiguous and not x.is_contiguous()):
-        return False
-    # graph capture first: under jit.trace numel() is traced, and comparing it would warn
-    if _off_depth or _graph_capture() or x.dim() < 2 or x.numel() == 0 or not enabled():
-        return False
-    return _lib is not None or _load() is not None
+        return "off (switched off: CONVATTN_FAST=0 or convattn.fast.use(False))"
+    return "on" if load() is not None else f"off ({_error})"
 
 
 def _fn(name: str, dtype: torch.dtype):
@@ -582,30 +646,3 @@ def sigmoid_(g: torch.Tensor) -> torch.Tensor:
     """sigmoid in place on a contiguous tensor: the kernels' own (coord's gates use it)."""
     _fn("sigmoid", g.dtype)(g.data_ptr(), g.numel())
     return g
-
-
-# ------------------------------------------------------------- whole-module eval kernel
-
-
-class GateEvalArgs(ctypes.Structure):
-    """Mirror of ``gate_eval_args`` in csrc/gates.c (every field 8 bytes)."""
-
-    _fields_ = [
-        *[(n, ctypes.c_int64) for n in ("B", "C", "S", "H", "W", "ch_kind", "hidden")],
-        *[(n, ctypes.c_void_p) for n in ("w1", "b1", "w2", "b2")],
-        ("k1", ctypes.c_int64),
-        ("cw1", ctypes.c_void_p),
-        *[(n, ctypes.c_int64) for n in ("sp_kind", "sequential", "max_first", "k2")],
-        ("cw2", ctypes.c_void_p),
-        ("lw", ctypes.c_void_p),
-        ("s_scale", ctypes.c_double),
-        ("s_shift", ctypes.c_double),
-        ("mode", ctypes.c_int64),
-        *[(n, ctypes.c_void_p) for n in ("s_bn_w", "s_bn_b", "s_bn_mean", "s_bn_var", "s_cbias")],
-        ("s_eps", ctypes.c_double),
-        ("lb", ctypes.c_void_p),
-    ]
-
-
-_GE_MLP, _GE_MLP_MAX, _GE_CONV1D = 1, 2, 3
-_GE_SP_CONV, _GE_SP_LINEAR = 1, 2

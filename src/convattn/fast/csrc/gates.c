@@ -2,12 +2,13 @@
  *
  * Plain C99 + OpenMP (GCC/Clang vector extensions; AVX-512 intrinsics for a few
  * float loops where the CPU has them), compiled on first use by
- * convattn.layers.native and called through ctypes on contiguous (B, C, S) tensors
+ * convattn.fast.native and called through ctypes on contiguous (B, C, S) tensors
  * (S = product of the spatial sizes). Each kernel is one pass over the full-size
  * activation; with autograd the small gate networks (MLPs, 1-D / k x k convs on
  * pooled maps, BN) stay in PyTorch, in eval fused_impl.h runs whole modules.
  *
- * Every kernel exists for float (suffix _f32) and double (_f64). Threads: the
+ * Every kernel exists for float (suffix _f32) and double (_f64), declared in
+ * kernels.def; the shared types are in gates.h. Threads: the
  * caller passes torch.get_num_threads(); torch and this library share one
  * OpenMP runtime (libgomp is loaded once, by soname).
  *
@@ -385,32 +386,7 @@ static int run_samples(int64_t nfull, size_t ws_bytes, sample_fn fn, const void 
     return failed;
 }
 
-/* gate_eval's description of a module (see fused_impl.h); every field 8 bytes,
- * mirrored by convattn.layers.native.GateEvalArgs. Pointers are to the element type. */
-enum { GE_NONE = 0, GE_MLP = 1, GE_MLP_MAX = 2, GE_CONV1D = 3 };  /* ch_kind */
-enum { GE_SP_CONV = 1, GE_SP_LINEAR = 2 };                        /* sp_kind */
-typedef struct {
-    int64_t B, C, S, H, W;
-    int64_t ch_kind;        /* channel gate: none, MLP(avg), MLP(avg) + MLP(max), conv1d(avg) */
-    int64_t hidden;         /* MLP: W1 (hidden, C), b1 (hidden), W2 (C, hidden), b2 (C); biases nullable */
-    const void *w1, *b1, *w2, *b2;
-    int64_t k1;             /* conv1d: k taps (odd), zero padding k / 2, no bias */
-    const void *cw1;
-    int64_t sp_kind;        /* spatial gate: none, k x k conv on two channel pools, linear (1x1 conv C -> 1) */
-    int64_t sequential;     /* conv: pool over x * gc instead of x */
-    int64_t max_first;      /* conv: input planes (max, mean) if 1, (mean, max) if 0 */
-    int64_t k2;             /* conv: (2, k, k) kernel, odd k, needs H * W == S */
-    const void *cw2;
-    const void *lw;         /* linear: (C,) weights */
-    double s_scale, s_shift; /* set by gate_eval: conv: sigmoid(scale conv + shift); linear: shift = bias */
-    int64_t mode;           /* merge of the gates: 0 product, 1 sum, 2 max (scSE) */
-    /* conv: the one-channel BN in eval after it (weight, bias nullable; mean, var
-     * required) and the conv's bias (nullable); linear: its bias (nullable: none).
-     * Read and folded at each call, so values changed in place count. */
-    const void *s_bn_w, *s_bn_b, *s_bn_mean, *s_bn_var, *s_cbias;
-    double s_eps;
-    const void *lb;
-} gate_eval_args;
+#include "gates.h"
 
 /* CALL(n) with n = nf as a constant for the common row widths (1-4 and 7 vectors:
  * 8-32 and 56 floats), so that arrays indexed by the vector number stay in registers;
@@ -446,6 +422,9 @@ typedef struct {
 #define SIGMOID_INPLACE sigmoid_inplace_avx512
 #endif
 #define SQRT sqrtf
+#define KERNEL(ret, name, params) ret NAME(name) params;
+#include "kernels.def" /* the declarations the definitions below must match */
+#undef KERNEL
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef CB
@@ -471,6 +450,9 @@ typedef struct {
 #define EXP exp
 #define EXP2NEG exp2
 #define SQRT sqrt
+#define KERNEL(ret, name, params) ret NAME(name) params;
+#include "kernels.def" /* the declarations the definitions below must match */
+#undef KERNEL
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef CB
@@ -489,5 +471,4 @@ typedef struct {
 #undef SUF
 #undef EXP
 
-int convattn_abi_version(void) { return 4; }
 long long convattn_schunk(void) { return SCHUNK; }

@@ -9,8 +9,8 @@ Many gating modules share one shape of computation::
     Y  = X * G(gc, gs)                          G = gc gs, gc + gs, or max(X gc, X gs) / X
 
 ``gated(x, spec, params)`` computes Y with the full-size passes in native
-kernels (see :mod:`convattn.layers.native`) and the small gate networks f_c, f_s
-in ordinary PyTorch. In training it is one ``torch.autograd.Function``: the
+kernels (see :mod:`convattn.fast.native`) and the small gate networks f_c, f_s
+in ordinary PyTorch: the module's own methods, passed in ``spec``. In training it is one ``torch.autograd.Function``: the
 forward keeps X, the small gates and the pooling arg-maxes; the backward
 differentiates f_c and f_s with autograd on their small inputs and assembles the
 input gradient in one pass::
@@ -18,10 +18,9 @@ input gradient in one pass::
     dL/dX = dY * G + gc[c] dL/dmean_c[s] / C + dL/dGAP[c] / S   (+ w[c] dL/dlogit[s] for sSE)
             + the max-pool terms at the arg-max positions (split evenly over ties, as torch.amax)
 
-Every module using it also has a plain PyTorch path (``impl="plain"`` or when the
-kernels are unusable); the tests compare the two in float64, values and gradients.
-Double backward is not supported through the fused path: run inside
-``convattn.layers.native.disabled()`` (or with ``CONVATTN_NATIVE=0``) when a
+Every module using it also has its plain forward; the tests compare the two in
+float64, values and gradients. Double backward is not supported through the fused
+path: run inside ``convattn.fast.use(False)`` (or with ``CONVATTN_FAST=0``) when a
 loss needs gradients of gradients (e.g. gradient penalties).
 """
 
@@ -33,9 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from . import native
-
-#: G(gc, gs) variants, the kernels' ``mode`` argument
-PRODUCT, SUM, MAX = 0, 1, 2
+from .native import MAX, PRODUCT, SUM  # noqa: F401  (G(gc, gs) variants, the kernels' ``mode``)
 
 
 @dataclass(frozen=True)
@@ -236,20 +233,12 @@ def wants_grad(x: torch.Tensor, params) -> bool:
     return x.requires_grad or any(p.requires_grad for p in params)
 
 
-def fast_ok(module, x: torch.Tensor) -> bool:
-    """The native path applies: usable tensors and no map capture active on ``module``.
-
-    Under :func:`convattn.capture_maps` modules take their plain path, so recorded
-    maps can stay in the autograd graph (``detach=False``).
-    """
-    return getattr(module, "_map_sink", None) is None and native.usable(x)
-
-
 def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Y for a gate described by ``spec`` (``params``: every parameter of its gate networks).
 
-    The caller checks :func:`fast_ok` first. With autograd recording, runs as one
-    autograd function; otherwise computes the same forward without keeping anything.
+    ``x`` is contiguous, float32/64 on the CPU (the selector's rules). With autograd
+    recording, runs as one autograd function; otherwise computes the same forward
+    without keeping anything.
     """
     if wants_grad(x, params):
         return _GatedFn.apply(x, spec, *params)
@@ -280,10 +269,10 @@ def conv_1out(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     I = 1 or 2 inputs (CBAM's and triplet attention's gates), differentiable, on the
     native kernels (1 thread, planes 8 x 2 x 256 x 28: forward 0.23 ms, backward 0.77 ms,
     against 0.80 and 3.0 ms for oneDNN's row-conv rewrite); None when they do not apply
-    (then call the conv as usual). z (B, I, H, W) -> (B, 1, H, W).
+    (then call the conv as usual). z (B, I, H, W) float32/64 on the CPU -> (B, 1, H, W).
     """
-    if not native.usable(z, contiguous=False) or z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype:
-        return None  # (usable first: under jit.trace the size tests would warn)
+    if z.dim() != 4 or z.shape[1] not in (1, 2) or weight.dtype != z.dtype or not weight.is_cpu:
+        return None
     k = weight.shape[-1]
     if weight.shape != (1, z.shape[1], k, k) or k % 2 == 0:
         return None

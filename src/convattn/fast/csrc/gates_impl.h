@@ -236,8 +236,8 @@ void NAME(pool_channel)(const T *restrict x, const T *restrict g, int64_t B, int
 /* (GCC's run-time overlap check passes equal pointers to the vector loop: measured). */
 static inline void NAME(scale_row)(const T *p, T a, const T *restrict q, int64_t S, int mode, T *o) {
     if (!q) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a; }
-    else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a * q[i]; }
-    else if (mode == 1) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * (a + q[i]); }
+    else if (mode == GATE_PRODUCT) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * a * q[i]; }
+    else if (mode == GATE_SUM) { for (int64_t i = 0; i < S; i++) o[i] = p[i] * (a + q[i]); }
     else {
         for (int64_t i = 0; i < S; i++) {
             T u = p[i] * a, v = p[i] * q[i]; o[i] = (u >= v || u != u) ? u : v;
@@ -269,7 +269,7 @@ void NAME(dots)(const T *restrict a, const T *restrict b2, const T *restrict w, 
         for (int64_t c = 0; c < C; c++) {
             const T *pa = a + (bb * C + c) * S + s0, *pb = b2 + (bb * C + c) * S + s0;
             T gcv = g ? g[bb * C + c] : (T)1, racc = 0;
-            if (mode == 2) {
+            if (mode == GATE_MAX) {
                 for (int64_t i = 0; i < n; i++) {
                     T xv = pb[i], d = pa[i] * xv, u = xv * gcv, v = xv * wb[i];
                     if (u >= v || u != u) racc += d; else cacc[i] += d;
@@ -312,14 +312,14 @@ void NAME(grad_input)(const T *restrict dy, const T *restrict x, const T *restri
         const T *vv = v ? v + bb * S : NULL;
         const T *ss = rs ? rs + bb * S : NULL;
         T a = gc ? gc[r] : (T)1, uu = u ? u[r] : (T)0, cc = rc ? rc[r] : (T)0;
-        if (mode == 2) {
+        if (mode == GATE_MAX) {
             const T *p = x + r * S;
             for (int64_t i = 0; i < S; i++) {
                 T uu1 = p[i] * a, vv1 = p[i] * q[i];
                 o[i] = d[i] * ((uu1 >= vv1 || uu1 != uu1) ? a : q[i]) + cc;
             }
         } else if (!q) { for (int64_t i = 0; i < S; i++) o[i] = d[i] * a + cc; }
-        else if (mode == 0) { for (int64_t i = 0; i < S; i++) o[i] = d[i] * a * q[i] + cc; }
+        else if (mode == GATE_PRODUCT) { for (int64_t i = 0; i < S; i++) o[i] = d[i] * a * q[i] + cc; }
         else { for (int64_t i = 0; i < S; i++) o[i] = d[i] * (a + q[i]) + cc; }
         if (vv) for (int64_t i = 0; i < S; i++) o[i] += uu * vv[i];
         if (ss) for (int64_t i = 0; i < S; i++) o[i] += ss[i];

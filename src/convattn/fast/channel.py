@@ -1,0 +1,77 @@
+"""Fast paths of the channel gates: SE, ECA and CBAM's channel gate.
+
+Each is Y = X * gc with gc from the pooled vector(s) of X. With autograd the pooling
+and the product are native passes and gc is the module's own gate method under
+autograd (:func:`convattn.fast.gated.gated`); without autograd the whole module is
+one ``gate_eval`` kernel call (:func:`convattn.fast.plans.gate_plan`), whose MLP is
+ReLU + sigmoid and whose 1-D conv is zero-padded, bias-free and sigmoid-gated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..attention.cbam import CBAMChannel
+from ..attention.eca import ECA
+from ..attention.se import SE
+from . import plans
+from .gated import GateSpec, gated, wants_grad
+from .select import register
+
+
+def _se_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
+    return plans.gate_plan(x, m, mlp=(m.fc1, m.fc2))
+
+
+@register(
+    SE,
+    declares="SE: X * sigmoid(fc2(relu(fc1(GAP X)))), fc1 and fc2 nn.Linear; 1-3 spatial dims",
+    mirrors={"forward": "008ffec59a83", "gate": "65a5719786d4", "gate_from_mean": "91d2a83b4406"},
+)
+def se(m: SE, x: torch.Tensor):
+    if torch.is_grad_enabled():
+        params = tuple(m.parameters())
+        if wants_grad(x, params):
+            return gated(x, GateSpec(channel=m.gate_from_mean), params)
+    return plans.run_eval(m, x, _se_plan)
+
+
+def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
+    conv = m.conv
+    plans._exact(conv, nn.Conv1d, "ECA.conv")
+    k = conv.kernel_size[0]
+    if conv.bias is not None:
+        raise plans.Decline("ECA.conv has a bias; the kernel implements a bias-free conv")
+    plans._conv_config(conv, "ECA.conv", ((k - 1) // 2,))
+    return plans.gate_plan(x, m, conv1d=(conv, k))
+
+
+@register(
+    ECA,
+    declares="ECA: X * sigmoid(conv1d_k(GAP X)) across channels, zero padding (k - 1) / 2, no bias",
+    mirrors={"forward": "ffb1a7c051b7", "gate": "65a5719786d4", "gate_from_mean": "0136065ea41f"},
+)
+def eca(m: ECA, x: torch.Tensor):
+    if torch.is_grad_enabled():
+        params = tuple(m.parameters())
+        if wants_grad(x, params):
+            return gated(x, GateSpec(channel=m.gate_from_mean), params)
+    return plans.run_eval(m, x, _eca_plan)
+
+
+def _cbam_channel_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
+    return plans.gate_plan(x, m, mlp=(m.fc1, m.fc2), mlp_max=True)
+
+
+@register(
+    CBAMChannel,
+    declares="CBAM channel gate: X * sigmoid(MLP(GAP X) + MLP(GMP X)), MLP = fc2 relu fc1 (nn.Linear)",
+    mirrors={"forward": "008ffec59a83", "gate": "80523124482c", "gate_from_pools": "fad297dd3333"},
+)
+def cbam_channel(m: CBAMChannel, x: torch.Tensor):
+    if torch.is_grad_enabled():
+        params = tuple(m.parameters())
+        if wants_grad(x, params):
+            return gated(x, GateSpec(channel=m.gate_from_pools, channel_max=True), params)
+    return plans.run_eval(m, x, _cbam_channel_plan)
