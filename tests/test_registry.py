@@ -51,6 +51,20 @@ def test_bad_channels_raise(name):
             create_attention(name, bad)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_integral_channels_and_non_tensor_input(name):
+    """Any integral channel count (a numpy integer from a shape) builds the same module;
+    a numpy array as input is a TypeError that says what to pass."""
+    import numpy as np
+
+    d0 = get_spec(name).dims[0]
+    m, ref = build(name, np.int64(32), d0), build(name, 32, d0)
+    assert m.channels == 32 and type(m.channels) is int
+    assert [p.shape for p in m.parameters()] == [p.shape for p in ref.parameters()]
+    with pytest.raises(TypeError, match=r"expected a torch.Tensor of shape \(B, 32, ...\), got ndarray"):
+        m(example_input(d0).numpy())
+
+
 @pytest.mark.parametrize("name,dims", cases())
 def test_shape_preserved(name, dims):
     m = build(name, 32, dims).eval()

@@ -106,8 +106,9 @@ class SAGANAttention(AttentionModule):
         # theta and phi projected straight to C/2 columns (zero-padded) when SDPA will run
         w = qk_width(flat.shape[-1], n_keys, self.theta.weight.shape[0], self.g.weight.shape[0], self.path)
         q = tokens_from(self.theta, flat, w)
-        k_full = tokens_from(self.phi, flat, w).transpose(1, 2).reshape((x.shape[0], -1) + spatial)
-        v_full = tokens_from(self.g, flat).transpose(1, 2).reshape((x.shape[0], -1) + spatial)
+        k_tokens, v_tokens = tokens_from(self.phi, flat, w), tokens_from(self.g, flat)
+        k_full = k_tokens.transpose(1, 2).reshape((x.shape[0], k_tokens.shape[-1]) + spatial)
+        v_full = v_tokens.transpose(1, 2).reshape((x.shape[0], v_tokens.shape[-1]) + spatial)
         k_pooled = max_pool_by_two(k_full)
         key_spatial = tuple(k_pooled.shape[2:])
         k = k_pooled.flatten(2).transpose(1, 2)

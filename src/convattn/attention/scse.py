@@ -56,7 +56,7 @@ MERGES = ("max", "sum")
 def sse_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """q = sigmoid(w . x + b): a 1x1 conv C -> 1 as a matrix product, (B, *S)."""
     B, C = x.shape[:2]
-    flat = x.reshape(B, C, -1)
+    flat = x.flatten(2)
     # bmm with the (1, C) weight expanded over the batch: one read of x (a
     # broadcasting matmul would copy x first)
     w = weight.view(1, 1, C).to(x.dtype).expand(B, 1, C)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..attention.cbam import CBAM, CBAMChannel, CBAMSpatial
-from . import native, plans
+from . import plans
 from .gated import GateSpec, conv_1out, gated, wants_grad
 from .select import register
 
@@ -38,7 +38,7 @@ def spatial_gate(m: CBAMSpatial) -> Callable[[torch.Tensor, torch.Tensor], torch
     return gate
 
 
-_SPATIAL = {(CBAMSpatial, "gate_from_pools"): "4ed6b0fa13bc", (CBAMSpatial, "gate"): "df75518f648b"}
+_SPATIAL = {(CBAMSpatial, "gate_from_pools"): "fb733d92c1cd", (CBAMSpatial, "gate"): "68a434c7b449"}
 
 
 def _spatial_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
@@ -49,18 +49,16 @@ def _spatial_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     CBAMSpatial,
     declares="CBAM spatial gate: X * sigmoid(bn(conv2d([max_c X; mean_c X]))), conv 2 -> 1 k x k, "
              "padding k / 2; one kernel call in eval for 2-D inputs",
-    mirrors={"forward": "db7d11fd0320", **_SPATIAL},
+    mirrors={"forward": "57f52ed1b7a9", **_SPATIAL},
 )
 def cbam_spatial(m: CBAMSpatial, x: torch.Tensor):
-    params = tuple(m.parameters()) if torch.is_grad_enabled() else ()
-    if wants_grad(x, params) or m.bn.training:
-        return gated(x, GateSpec(spatial=spatial_gate(m)), params)
-    if x.dim() == 4:
+    one_call = not m.bn.training and x.dim() == 4
+    if one_call and not torch.is_grad_enabled():
         return plans.run_eval(m, x, _spatial_plan, m.pool_order)
-    B = x.shape[0]
-    mean, mx = native.pool_channel(x)[:2]
-    gs = spatial_gate(m)(mx.view(B, *x.shape[2:]), mean.view(B, *x.shape[2:]))
-    return native.scale(x, None, gs)
+    params = tuple(m.parameters())
+    if one_call and not wants_grad(x, params):
+        return plans.run_eval(m, x, _spatial_plan, m.pool_order)
+    return gated(x, GateSpec(spatial=spatial_gate(m)), params)
 
 
 def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
@@ -73,15 +71,17 @@ def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     CBAM,
     declares="CBAM: X1 = X * M_c (CBAM channel gate), Y = X1 * M_s(X1) (CBAM spatial gate); "
              "one kernel call in eval for 2-D inputs",
-    mirrors={"forward": "d2c949531282", (CBAMChannel, "gate"): "80523124482c", (CBAMChannel, "gate_from_pools"): "fad297dd3333", **_SPATIAL},
+    mirrors={"forward": "1314707d47a0", (CBAMChannel, "gate"): "947ed0f403a3", (CBAMChannel, "gate_from_pools"): "7582e6498669", **_SPATIAL},
 )
 def cbam(m: CBAM, x: torch.Tensor):
     ch, sp = m.channel, m.spatial
     if type(ch) is not CBAMChannel or type(sp) is not CBAMSpatial:
         return "its channel or spatial gate was replaced"
-    params = tuple(m.parameters()) if torch.is_grad_enabled() else ()
-    grad = wants_grad(x, params)
-    if not grad and not sp.bn.training and x.dim() == 4:
+    one_call = not sp.bn.training and x.dim() == 4
+    if one_call and not torch.is_grad_enabled():
+        return plans.run_eval(m, x, _cbam_plan, sp.pool_order)
+    params = tuple(m.parameters())
+    if one_call and not wants_grad(x, params):
         return plans.run_eval(m, x, _cbam_plan, sp.pool_order)
     spec = GateSpec(channel=ch.gate_from_pools, channel_max=True, spatial=spatial_gate(sp), sequential=True)
     return gated(x, spec, params)

@@ -27,7 +27,7 @@ def _se_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 @register(
     SE,
     declares="SE: X * sigmoid(fc2(relu(fc1(GAP X)))), fc1 and fc2 nn.Linear; 1-3 spatial dims",
-    mirrors={"forward": "008ffec59a83", "gate": "65a5719786d4", "gate_from_mean": "91d2a83b4406"},
+    mirrors={"forward": "96b1b1c8728e", "gate": "a98ee8029c53", "gate_from_mean": "32be913567b5"},
 )
 def se(m: SE, x: torch.Tensor):
     if torch.is_grad_enabled():
@@ -50,7 +50,7 @@ def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 @register(
     ECA,
     declares="ECA: X * sigmoid(conv1d_k(GAP X)) across channels, zero padding (k - 1) / 2, no bias",
-    mirrors={"forward": "ffb1a7c051b7", "gate": "65a5719786d4", "gate_from_mean": "0136065ea41f"},
+    mirrors={"forward": "a5ff6470c8ca", "gate": "a98ee8029c53", "gate_from_mean": "d7f5927e3fd5"},
 )
 def eca(m: ECA, x: torch.Tensor):
     if torch.is_grad_enabled():
@@ -67,7 +67,7 @@ def _cbam_channel_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 @register(
     CBAMChannel,
     declares="CBAM channel gate: X * sigmoid(MLP(GAP X) + MLP(GMP X)), MLP = fc2 relu fc1 (nn.Linear)",
-    mirrors={"forward": "008ffec59a83", "gate": "80523124482c", "gate_from_pools": "fad297dd3333"},
+    mirrors={"forward": "96b1b1c8728e", "gate": "947ed0f403a3", "gate_from_pools": "7582e6498669"},
 )
 def cbam_channel(m: CBAMChannel, x: torch.Tensor):
     if torch.is_grad_enabled():

@@ -13,7 +13,7 @@ import torch
 
 from ..attention.coord import CoordAttention
 from . import native, plans
-from .gated import wants_grad
+from .gated import wants_grad, wrong_operands
 from .select import register
 
 
@@ -83,15 +83,17 @@ def _structure(m: CoordAttention, x: torch.Tensor) -> str | None:
     CoordAttention,
     declares="coordinate attention: X * g^h * g^w, gates from h_swish(BN(conv1 [z^h; z^w])) (1x1 convs "
              "with bias); 2-D",
-    mirrors={"forward": "a28d065b07f9", "gates": "2e3dcec71807"},
+    mirrors={"forward": "f0099d399aec", "gates": "a4f80151b6a7"},
     dims=(2,),
 )
 def coord(m: CoordAttention, x: torch.Tensor):
-    params = tuple(m.parameters()) if torch.is_grad_enabled() else ()
+    if not torch.is_grad_enabled() and not m.bn1.training:
+        return plans.run_eval(m, x, plans.coord_plan)  # the plan checks the structure itself
+    params = tuple(m.parameters())
     grad = wants_grad(x, params)
     if not grad and not m.bn1.training:
-        return plans.run_eval(m, x, plans.coord_plan)  # the plan checks the structure itself
-    why = _structure(m, x)
+        return plans.run_eval(m, x, plans.coord_plan)
+    why = _structure(m, x) or wrong_operands(x, params)
     if why is not None:
         return why
     if grad:

@@ -98,6 +98,7 @@ def _gates(x: torch.Tensor, spec: GateSpec, params: tuple, keep: bool):
         avg, mx, idx_c, cnt_c = native.pool_spatial(x, spec.channel_max, keep and spec.channel_max)
         avg_l, mx_l = leaf(avg), leaf(mx)
         gc_out = spec.channel(avg_l, mx_l)
+        check_shape(gc_out, (B, x.shape[1]), "channel gate")
         gc = gc_out.detach()
         state["channel"] = (avg_l, mx_l, gc_out, mx, idx_c, cnt_c)
     if spec.spatial is not None:
@@ -110,8 +111,26 @@ def _gates(x: torch.Tensor, spec: GateSpec, params: tuple, keep: bool):
             logit_l = leaf(linear_logits(x, params[spec.linear_index]).view(B, *sp))
             gs_out = spec.spatial(logit_l)
             state["spatial"] = (logit_l, gs_out)
+        check_shape(gs_out, (B, *sp), "spatial gate")
         gs = gs_out.detach().reshape(B, -1)
     return gc, gs, state
+
+
+class GateMismatch(Exception):
+    """A gate network's output does not have the shape the kernels need (the reason)."""
+
+
+def check_shape(t: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+    if tuple(t.shape) != shape:
+        raise GateMismatch(f"the {what} has shape {tuple(t.shape)}, the kernels need {shape}")
+
+
+def wrong_operands(x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> str | None:
+    """Why ``params`` cannot go with ``x`` into a kernel path (another dtype or device), or None."""
+    for p in params:
+        if p.dtype is not x.dtype or not p.is_cpu:
+            return f"a parameter is {p.dtype} on {p.device}, the input {x.dtype} on cpu"
+    return None
 
 
 class _GatedFn(torch.autograd.Function):
@@ -233,18 +252,26 @@ def wants_grad(x: torch.Tensor, params) -> bool:
     return x.requires_grad or any(p.requires_grad for p in params)
 
 
-def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Y for a gate described by ``spec`` (``params``: every parameter of its gate networks).
+def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> torch.Tensor | str:
+    """Y for a gate described by ``spec`` (``params``: every parameter of its gate networks),
+    or the reason it cannot be computed here (parameters of another dtype or device, a
+    gate network whose output has another shape): the caller's plain forward runs then.
 
     ``x`` is contiguous, float32/64 on the CPU (the selector's rules). With autograd
     recording, runs as one autograd function; otherwise computes the same forward
     without keeping anything.
     """
-    if wants_grad(x, params):
-        return _GatedFn.apply(x, spec, *params)
-    with torch.no_grad():
-        gc, gs, _ = _gates(x, spec, params, keep=False)
-        return native.scale(x, gc, gs, spec.mode)
+    why = wrong_operands(x, params)
+    if why is not None:
+        return why
+    try:
+        if wants_grad(x, params):
+            return _GatedFn.apply(x, spec, *params)
+        with torch.no_grad():
+            gc, gs, _ = _gates(x, spec, params, keep=False)
+            return native.scale(x, gc, gs, spec.mode)
+    except GateMismatch as mismatch:
+        return str(mismatch)
 
 
 class _ConvPlanes(torch.autograd.Function):

@@ -89,10 +89,11 @@ def graph_capture() -> bool:
 
 
 def fingerprint(fn: Callable) -> str:
-    """A hash of a function's code with its docstring, comments and formatting left out."""
+    """A hash of a function's code with its name, docstring, comments and formatting left out."""
     fn = inspect.unwrap(getattr(fn, "plain_forward", fn))
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     node = tree.body[0]
+    node.name = "_"
     body = node.body
     if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
         node.body = body[1:] or [ast.Pass()]

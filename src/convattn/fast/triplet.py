@@ -17,7 +17,14 @@ from torch import nn
 from ..attention import triplet as _triplet
 from ..attention.triplet import TripletAttention, ZPoolGate
 from . import native, plans
-from .gated import conv_1out, scatter_max_grad, wants_grad
+from .gated import (
+    GateMismatch,
+    check_shape,
+    conv_1out,
+    scatter_max_grad,
+    wants_grad,
+    wrong_operands,
+)
 from .select import register
 
 
@@ -51,6 +58,10 @@ class _TripletFn(torch.autograd.Function):
             a_cw = branch_gate(module.cw, torch.stack(leaves[0:2], 1)).squeeze(1)  # (B, C, W)
             a_hc = branch_gate(module.hc, torch.stack(leaves[2:4], 1).transpose(2, 3)).squeeze(1)  # (B, H, C)
             a_hw = branch_gate(module.hw, torch.stack(leaves[4:6], 1)).squeeze(1) if with_c else None
+        check_shape(a_cw, (B, C, W), "(C, W) branch gate")
+        check_shape(a_hc, (B, H, C), "(H, C) branch gate")
+        if with_c:
+            check_shape(a_hw, (B, H, W), "(H, W) branch gate")
         k = 1.0 / (3 if with_c else 2)
         g_cw, g_hc = a_cw.detach() * k, a_hc.detach().transpose(1, 2) * k
         g_hw = a_hw.detach() * k if with_c else None
@@ -93,14 +104,23 @@ def _triplet_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     TripletAttention,
     declares="triplet attention: X * (a_cw + a_hc + a_hw) / 3 (or / 2 without the H x W branch), each "
              "a = sigmoid(bn(conv2d_k([max; mean]))); 2-D",
-    mirrors={"forward": "4283a8c062b2", "gates": "a7c6d5204fab", (ZPoolGate, "forward"): "dbedbb36b4a3", (_triplet, "z_pools"): "0a0d6d82b0e5"},
+    mirrors={"forward": "8ecdf3ec659f", "gates": "9820010f67cf", (ZPoolGate, "forward"): "cd6d0496351d", (_triplet, "z_pools"): "7898778243a6"},
     dims=(2,),
 )
 def triplet(m: TripletAttention, x: torch.Tensor):
     gates = [g for g in (m.cw, m.hc, m.hw) if g is not None]
     if any(type(g) is not ZPoolGate for g in gates):
         return "a branch gate was replaced"
-    params = tuple(m.parameters()) if torch.is_grad_enabled() else ()
-    if not wants_grad(x, params) and not any(g.bn.training for g in gates):
+    one_call = not any(g.bn.training for g in gates)
+    if one_call and not torch.is_grad_enabled():
         return plans.run_eval(m, x, _triplet_plan)
-    return _TripletFn.apply(x, m, *params)
+    params = tuple(m.parameters())
+    if one_call and not wants_grad(x, params):
+        return plans.run_eval(m, x, _triplet_plan)
+    why = wrong_operands(x, params)
+    if why is not None:
+        return why
+    try:
+        return _TripletFn.apply(x, m, *params)
+    except GateMismatch as mismatch:
+        return str(mismatch)

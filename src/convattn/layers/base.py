@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,11 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
 
 
 def check_channels(owner: str, channels: Any) -> int:
-    """Validate a channel count (a positive int) and return it."""
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+    """Validate a channel count (a positive integral number, e.g. an int or a numpy
+    integer) and return it as an int."""
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
         raise ValueError(f"{owner}: channels must be a positive int, got {channels!r}")
-    return channels
+    return int(channels)
 
 
 def hidden_channels(
@@ -146,7 +148,11 @@ class AttentionModule(nn.Module):
         return f"{type(self).__name__} ({name})" if self.registry_name else name
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError unless ``x`` is (B, channels, *spatial) with supported dims."""
+        """Raise ValueError unless ``x`` is (B, channels, *spatial) with supported dims
+        (TypeError unless it is a tensor)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self._owner()}: expected a torch.Tensor of shape (B, {self.channels}, ...), "
+                            f"got {type(x).__name__} (convert it with torch.as_tensor)")
         nd = x.dim() - 2
         ok_dims = nd == self.dims if self.dims is not None else nd in self.supported_dims
         # (under jit.trace, x.shape[1] is traced: comparing it would warn, and the

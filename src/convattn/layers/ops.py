@@ -58,7 +58,7 @@ def pointwise_mlp(
     of spatial dims without a ConvNd. Returns (B, O, *S).
     """
     B, C = x.shape[:2]
-    flat = x.reshape(B, C, -1)
+    flat = x.flatten(2)
     h = torch.baddbmm(b1.view(1, -1, 1), w1.unsqueeze(0).expand(B, -1, -1), flat)
     h = torch.relu(h)
     out = torch.baddbmm(b2.view(1, -1, 1), w2.unsqueeze(0).expand(B, -1, -1), h)
