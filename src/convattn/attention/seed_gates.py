@@ -1,9 +1,9 @@
-"""The project brief's own gates: a per-position MLP spatial gate and its parallel
-fusion with an SE-style channel gate.
+"""A per-position MLP spatial gate, and its parallel fusion with an SE-style channel
+gate: Y = A_s * X * A_c, both gates computed from X.
 
-Source: the convattn project brief, "Attention Mechanisms in Convolutional
-Networks" (sections 3 and 4). This is the seed's formulation, NOT a published
-paper; it is registered so that it can be compared with the published modules.
+This formulation is not from a published paper (it is the one the essay
+"Attention Mechanisms in Convolutional Networks" writes out in its sections 3 and
+4); it is registered so that it can be compared with the published modules.
 
 Forward, X of shape (B, C, *S), C1 = C // r::
 
@@ -26,14 +26,13 @@ are stored as Linear layers: ``fc1``/``fc2`` (``mlp_spatial``) and
 ``spatial_fc1``/``spatial_fc2``, ``channel_fc1``/``channel_fc2``
 (``parallel_gate``); a Conv1x1 weight is the Linear weight with trailing 1s.
 
-How the seed relates to the published modules (reference, "Seed formulation vs
-published modules"): Y = X * (A_c (x) A_s), a separable 3-D gate with both maps
-computed from X in parallel.
+How it relates to the published modules: Y = X * (A_c (x) A_s) is a separable
+3-D gate with both maps computed from X in parallel.
 
 - Closest is BAM (parallel branches, channel MLP on GAP, spatial branch opening
-  with a C -> C/r 1x1 conv). The seed drops BAM's two dilated 3x3 convs, all its
+  with a C -> C/r 1x1 conv). This gate drops BAM's two dilated 3x3 convs, all its
   BatchNorm, the shared sigmoid over the merged logits (sigmoid(M_c + M_s) in the
-  paper, sigmoid(M_c M_s) in the code; the seed multiplies two separate
+  paper, sigmoid(M_c M_s) in the code; this one multiplies two separate
   sigmoids), and the residual (1 + M).
 - scSE also computes both maps from X in parallel, but its sSE is a single
   linear 1x1 conv (no hidden layer, no ReLU), it recalibrates X twice and merges
@@ -82,7 +81,7 @@ def _spatial_gate(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear) -> torch.Tens
     **_SEED,
 )
 class MLPSpatial(AttentionModule):
-    """The seed's per-position MLP spatial gate: two 1x1 convs C -> C/r -> 1.
+    """Per-position MLP spatial gate: two 1x1 convs C -> C/r -> 1, then a sigmoid.
 
     Args:
         channels: input channels C.
@@ -122,7 +121,8 @@ class MLPSpatial(AttentionModule):
     **_SEED,
 )
 class ParallelGate(AttentionModule):
-    """The seed's fusion: Y = A_s * X * A_c, both gates computed from X.
+    """Parallel fusion of the MLP spatial gate and an SE channel gate: Y = A_s * X * A_c,
+    both gates computed from X.
 
     Args:
         channels: input channels C.

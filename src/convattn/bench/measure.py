@@ -13,10 +13,10 @@
   them alike. Reported: the median over rounds, the interquartile range, and the
   median of the per-round ratios to a baseline timed in the same rounds. The
   benchmarks first keep freed memory in the process (:func:`pin_allocator`).
-- Peak memory: in a fresh subprocess (``python -m convattn.bench.memory``), as
-  shared/DESIGN.md describes: a tiny warm-up call, then write ``5`` to
-  ``/proc/self/clear_refs`` and report ``VmHWM`` minus ``VmRSS`` around one
-  full-size call. Linux only (None elsewhere).
+- Peak memory: in a fresh subprocess (``python -m convattn.bench.memory``): a tiny
+  warm-up call (a full-size one would leave freed memory in the process and hide
+  the peak), then write ``5`` to ``/proc/self/clear_refs`` and report ``VmHWM``
+  minus ``VmRSS`` around one full-size call. Linux only (None elsewhere).
 """
 
 from __future__ import annotations
