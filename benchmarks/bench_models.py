@@ -5,7 +5,9 @@ latency ratio to the plain model <= 1.03x for cbam and <= 1.02x for se and eca.
 timm's resnet50 with its own CBAM (and SE, ECA) is the peer line, as a ratio to
 timm's plain resnet50. All variants are timed interleaved (A B C ... A B C ...)
 so that drift of the shared machine cancels; medians of per-round ratios with
-their interquartile spread. Writes benchmarks/results/models.md and models.json.
+their interquartile spread. Our models are timed after ``convattn.fast.fuse_for_inference``
+(each gate writes over its norm's output), the step a deployment takes. Writes
+benchmarks/results/models.md and models.json.
 
     python benchmarks/bench_models.py            # ~5-10 min on 2 busy cores
 """

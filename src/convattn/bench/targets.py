@@ -10,8 +10,9 @@ rebuilt there. Kinds:
   ``x * x.mean(spatial)``: one read to pool, one read and one write to scale;
 - ``{"kind": "timm_module", ...}`` (same fields as ``module``): timm's
   implementation of the same mechanism, configured to the widths of ours;
-- ``{"kind": "model", "model": "resnet50", "attention": "cbam", "where": "block"}``:
-  :func:`convattn.models.create_model` (``attention`` None for the plain model);
+- ``{"kind": "model", "model": "resnet50", "attention": "cbam", "where": "block", "fuse": True}``:
+  :func:`convattn.models.create_model` (``attention`` None for the plain model), with
+  ``fuse`` then :func:`convattn.fast.fuse_for_inference`;
 - ``{"kind": "timm_model", "model": "resnet50", "attention": "cbam"}``: timm's
   model with timm's own attention layer (None for timm's plain model).
 """
@@ -62,8 +63,12 @@ def timm_target(name: str, channels: int, dims: int, options: dict | None = None
     return {"kind": "timm_module", "name": name, "channels": int(channels), "dims": int(dims), "options": dict(options or {})}
 
 
-def model_target(model: str, attention: str | None, where: str = "block", options: dict | None = None) -> dict[str, Any]:
-    return {"kind": "model", "model": model, "attention": attention, "where": where, "options": dict(options or {})}
+def model_target(model: str, attention: str | None, where: str = "block", options: dict | None = None,
+                 fuse: bool = True) -> dict[str, Any]:
+    """Our model with ``attention``; ``fuse``: after :func:`convattn.fast.fuse_for_inference`
+    (the inference step a deployment takes; it changes no output)."""
+    return {"kind": "model", "model": model, "attention": attention, "where": where, "options": dict(options or {}),
+            "fuse": fuse}
 
 
 def timm_model_target(model: str, attention: str | None) -> dict[str, Any]:
@@ -172,8 +177,13 @@ def build(target: dict[str, Any]) -> nn.Module:
     if kind == "model":
         from ..models import create_model
 
-        return create_model(target["model"], attention=target["attention"], where=target.get("where", "block"),
-                            **target.get("options", {}))
+        net = create_model(target["model"], attention=target["attention"], where=target.get("where", "block"),
+                           **target.get("options", {}))
+        if target.get("fuse"):
+            from ..fast import fuse_for_inference
+
+            fuse_for_inference(net)
+        return net
     if kind == "timm_model":
         import timm
 
