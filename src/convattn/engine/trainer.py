@@ -312,7 +312,7 @@ def fit(
                     group["lr"] = lr
                 loss, stats = task.step(net, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{label}: loss is {float(loss)} at epoch {epoch} step {s} (learning "
+                    raise FloatingPointError(f"{label}: loss is {loss.item()} at epoch {epoch} step {s} (learning "
                                              f"rate {lr:.3g}); the training diverged, try a lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
