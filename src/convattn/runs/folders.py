@@ -70,11 +70,11 @@ def discard_new_runs() -> str:
             notes.append(f"; the run folder {path} is kept with its checkpoints (--resume {path} continues it)")
             continue
         shutil.rmtree(path, ignore_errors=True)
-        parent = path
-        while parent != top and parent.parent.exists():
-            parent = parent.parent
+        made = path
+        while made != top:  # the parents created with it, innermost first, while empty
+            made = made.parent
             try:
-                parent.rmdir()  # only if empty
+                made.rmdir()
             except OSError:
                 break
         notes.append(f"; removed the new run folder {path} (nothing useful was written)")
