@@ -146,17 +146,31 @@ def test_csv_has_one_row_per_training(run):
     assert rows[0]["pointing_game"] == "" and float(rows[2]["pointing_game"]) == m["variants"]["cbam"]["localisation"]["pointing_game_per_seed"][0]
 
 
-def test_resume_of_a_finished_compare_reproduces_it(run, cache, capsys):
+def test_resume_of_a_finished_compare_refuses_and_changes_nothing(run, cache, capsys):
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["compare", "--resume", str(run), "--threads", "1", "--quiet", "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "that run is finished" in err and "nothing to do" in err, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_after_the_last_training_reports_from_the_checkpoints(run, cache, tmp_path, capsys):
+    """Killed after every training, before metrics.json: the resume reports without training again."""
+    import shutil
+
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    (killed / "metrics.json").unlink()
     before = json.loads((run / "metrics.json").read_text())
-    assert main(["compare", "--resume", str(run), "--threads", "1", "--quiet", "--cache-dir", cache]) == 0
-    after = json.loads((run / "metrics.json").read_text())
+    assert main(["compare", "--resume", str(killed), "--threads", "1", "--quiet", "--cache-dir", cache]) == 0
+    after = json.loads((killed / "metrics.json").read_text())
     for name in before["variants"]:
         assert after["variants"][name]["accuracy"] == before["variants"][name]["accuracy"]
         assert after["variants"][name]["resumed_from_epoch"] == [1, 1]
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(killed)
     # the wall time is this invocation's, and the report says the trainings came from checkpoints
     train = sum(sum(v["train_seconds"]) for v in after["variants"].values())
-    report = (run / "report.md").read_text()
+    report = (killed / "report.md").read_text()
     assert "which resumed 4 training(s) from their checkpoints" in report
     assert f"took {train:.1f} s of training in all" in report
     assert "SGD (Nesterov momentum" in report

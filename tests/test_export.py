@@ -151,8 +151,9 @@ def test_bad_export_options(tmp_path, capsys):
     m, x = _module_and_input("se")
     with pytest.raises(ValueError, match="unknown export format 'tflite'; valid: onnx, torchscript"):
         check_format("tflite")
-    with pytest.raises(ValueError, match="opset must be an int >= 17"):
-        export_onnx(m, x, tmp_path / "a.onnx", opset=13)
+    for opset in (13, 99):
+        with pytest.raises(ValueError, match=r"opset must be an integer in 17\.\.\d+"):
+            export_onnx(m, x, tmp_path / "a.onnx", opset=opset)
     with pytest.raises(ValueError, match="unknown TorchScript method"):
         export_torchscript(m, x, method="magic")
     (tmp_path / "exists.onnx").write_text("keep me")
@@ -163,11 +164,38 @@ def test_bad_export_options(tmp_path, capsys):
         (["export", "resnet8", "--format", "tflite"], "unknown export format"),
         (["export", "resnet8", "--attention", "nope"], "unknown attention 'nope'"),
         (["export", "resnet9000"], "unknown model"),
-        (["export", "resnet8", "--opset", "11"], "--opset must be >= 17"),
+        (["export", "resnet8", "--opset", "11"], "valid: 17.."),
+        (["export", "resnet8", "--opset", "99"], "valid: 17.."),
     ]:
         assert cli.main(argv + ["--out", str(tmp_path / "x.onnx")]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
+
+
+def test_a_failed_export_leaves_the_target_as_it_was(tmp_path, monkeypatch, capsys):
+    """Written under a temporary name and renamed once verified: a failure keeps the old file, and no temporary."""
+    import convattn.export as export
+
+    def fail(*args, **kwargs):
+        raise ExportError("onnxruntime output differs from PyTorch by 1 (> 0.0001)")
+
+    monkeypatch.setattr(export, "verify_onnx", fail)
+    target = tmp_path / "model.onnx"
+    target.write_text("keep me")
+    assert cli.main(["export", "resnet8", "--out", str(target), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "differs from PyTorch" in err and "was not written" in err, err
+    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_writes_nothing_under_home(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cli.main(["export", "resnet8", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert list(home.rglob("*")) == []
 
 
 @pytest.mark.parametrize("name", ["se", "eca", "cbam_channel", "sse", "scse", "coord"])

@@ -240,7 +240,14 @@ def test_tiny_run_writes_report(tmp_path, cache, capsys, monkeypatch):
         assert m2["variants"][v]["frechet_distance"] == m["variants"][v]["frechet_distance"]
     assert m2["variants"]["sagan"]["resumed_from_epoch"] == [2, 0]
 
-    # a corrupt checkpoint -> one line, exit 2
+    # a finished run -> refused, nothing rewritten
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    rc, _, err = _run(["--resume", str(out), "--quiet"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "nothing to do" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # a corrupt checkpoint of an unfinished run -> one line, exit 2
+    (out / "metrics.json").unlink()
     (out / "runs" / "none-seed0" / "epoch-0002.safetensors").write_bytes(b"not a safetensors file")
     rc, _, err = _run(["--resume", str(out), "--quiet"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "corrupt" in err

@@ -3,8 +3,10 @@
 Each subcommand lives in ``convattn/commands/<name>.py`` and defines ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Bad input raises
 ``ValueError``/``FileNotFoundError`` (or :class:`UsageError`), a training whose
-loss diverges ``FloatingPointError`` (also from a forked worker); ``main`` prints
-it as one line and exits with code 2.
+loss diverges ``FloatingPointError`` (also from a forked worker), an unwritable
+location ``PermissionError``; ``main`` prints it as one line of plain text and
+exits with code 2. A run folder this invocation created is then removed unless
+it holds a checkpoint (see :func:`convattn.runs.folders.discard_new_runs`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from . import __version__, commands
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class UsageError(ValueError):
@@ -57,12 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .runs.folders import NEW_RUNS, discard_new_runs
+
+    NEW_RUNS.clear()
     try:
         return int(args._run(args) or 0)
     except (ValueError, FloatingPointError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            FileExistsError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"convattn {args.command}: error: {msg}", file=sys.stderr)
+            FileExistsError, PermissionError) as e:
+        lines = [ln for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+        msg = lines[0].strip() if lines else type(e).__name__
+        if isinstance(e, PermissionError) and e.filename and str(e.filename) not in msg:
+            msg += f": {e.filename}"
+        print(f"convattn {args.command}: error: {msg}{discard_new_runs()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convattn {args.command}: interrupted", file=sys.stderr)

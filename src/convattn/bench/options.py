@@ -106,9 +106,54 @@ def check_modules(names: Iterable[str]) -> list[str]:
 
 
 def check_threads(threads: int) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    from ..engine.options import MAX_THREADS
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be a positive int (valid: 1..{MAX_THREADS}), got {threads!r}")
     return threads
+
+
+#: placements of ``--where`` (see :func:`convattn.models.attach`)
+WHERE = ("block", "stage")
+
+
+def check_where(where: str) -> str:
+    if where not in WHERE:
+        raise ValueError(f"unknown --where {where!r}; valid: {', '.join(WHERE)}")
+    return where
+
+
+def check_shapes_fit(shapes: Iterable[tuple[int, ...]], dtype: torch.dtype) -> None:
+    """Refuse a shape whose tensors (input, output, gradients and a module's intermediates) cannot fit in memory."""
+    from ..engine.options import check_fits
+
+    size = torch.empty((), dtype=dtype).element_size()
+    for shape in shapes:
+        n = 1
+        for v in shape:
+            n *= v
+        check_fits(f"--shapes {'x'.join(map(str, shape))}", 16 * n * size)
+
+
+def check_buildable(names: Iterable[str], shapes: Iterable[tuple[int, ...]]) -> None:
+    """Every module must build at the channels of every shape whose dimensionality it takes."""
+    from ..registry import create_attention, get_spec
+
+    for shape in shapes:
+        channels, dims = shape[1], len(shape) - 2
+        bad = {}
+        for name in names:
+            spec = get_spec(name)
+            if dims not in spec.dims:
+                continue
+            try:
+                create_attention(name, channels, **({"dims": dims} if spec.dims_at_init else {}))
+            except (TypeError, ValueError, RuntimeError) as e:
+                bad[name] = " ".join(str(e).split())
+        if bad:
+            first = next(iter(bad))
+            raise ValueError(f"--shapes {'x'.join(map(str, shape))}: {', '.join(bad)} cannot be built at {channels} "
+                             f"channels ({first}: {bad[first]}); give other channels or leave them out with --modules")
 
 
 def check_modes(modes: Iterable[str]) -> tuple[str, ...]:

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="benchmark this backbone (see create_model) instead of modules alone")
     p.add_argument("--attention", default="se,cbam,eca",
                    help="with --model: comma-separated attentions to compare with the plain model (default se,cbam,eca)")
-    p.add_argument("--where", default="block", help="with --model: placement passed to create_model (default block)")
+    p.add_argument("--where", default="block", help="with --model: placement passed to create_model, block "
+                   "(default) or stage")
     p.add_argument("--shapes", help="input shapes BxCxHxW, comma-separated (default 8x256x28x28,32x64x56x56 for "
                    "modules, 8x3x224x224 for --model)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float64")
@@ -38,16 +39,20 @@ def _validate(args: argparse.Namespace):
     from ..bench.options import (
         DEFAULT_MODEL_SHAPE,
         DEFAULT_MODULE_SHAPES,
+        check_buildable,
         check_modes,
         check_modules,
+        check_shapes_fit,
         check_threads,
+        check_where,
         parse_dtype,
         parse_names,
         parse_shapes,
     )
 
-    parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype)
     check_threads(args.threads)
+    check_where(args.where)
     if args.block_ms is not None and not args.block_ms > 0:
         raise ValueError(f"--block-ms must be > 0, got {args.block_ms}")
     if args.rounds < 1:
@@ -70,11 +75,14 @@ def _validate(args: argparse.Namespace):
         shapes = parse_shapes(args.shapes) if args.shapes else [DEFAULT_MODEL_SHAPE]
         if len(shapes) != 1 or len(shapes[0]) != 4:
             raise ValueError(f"--model takes one BxCxHxW shape, got {args.shapes!r}")
+        check_shapes_fit(shapes, dtype)
         return modes, attentions, shapes
     from ..registry import list_attention
 
     names = check_modules(parse_names(args.modules)) if args.modules else list_attention()
     shapes = parse_shapes(args.shapes) if args.shapes else list(DEFAULT_MODULE_SHAPES)
+    check_shapes_fit(shapes, dtype)
+    check_buildable(names, shapes)
     return modes, names, shapes
 
 

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_positive("batch-size", args.batch_size, allow_none=False)
     check_positive("test-size", args.test_size)
-    check_out_free(args.out)
+    check_out_free(args.out, args.cache_dir)
     ck = load_checkpoint(args.checkpoint, optimizer=False)
     try:
         cfg = TrainConfig.from_dict(ck["meta"]["config"])
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
             f"data {spec} has {data.num_classes} classes and {data.in_chans} channel(s) but the checkpoint expects "
             f"{cfg.num_classes} and {cfg.in_chans}"
         )
+    trained = ck["meta"].get("classes")
+    if trained is not None and list(data.classes) != trained:
+        raise ValueError(f"data {spec} has classes {_names(data.classes)} but the checkpoint was trained on "
+                         f"{_names(trained)}; evaluate on data with the same class names")
     model = build_model(cfg)
     try:
         model.load_state_dict(ck["model_state"], strict=True)
@@ -99,3 +103,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {run_dir / 'report.md'}")
     print(str(run_dir))
     return 0
+
+
+def _names(classes: list[str], n: int = 6) -> str:
+    shown = ", ".join(classes[:n])
+    return f"[{shown}{', ...' if len(classes) > n else ''}]"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "list the registered attention modules by family (paper, year, params at C=256, dims)"
+HELP = ("list the registered attention modules by family (paper, year, params at C=256, dims; a dash where a "
+        "module cannot be built at --channels)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +22,10 @@ def rows(family: str | None, channels: int) -> list[dict]:
     for name in list_attention(family):
         spec = get_spec(name)
         opts = {"dims": 2} if spec.dims_at_init else {}
-        m = create_attention(name, channels, **opts)
+        try:
+            params = sum(p.numel() for p in create_attention(name, channels, **opts).parameters())
+        except (TypeError, ValueError, RuntimeError):
+            params = None  # the module cannot be built at this width
         out.append(
             {
                 "name": name,
@@ -29,7 +33,7 @@ def rows(family: str | None, channels: int) -> list[dict]:
                 "paper": spec.paper,
                 "venue": spec.venue,
                 "year": spec.year,
-                "params": sum(p.numel() for p in m.parameters()),
+                "params": params,
                 "dims": list(spec.dims),
             }
         )
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             table.add_section()
         table.add_row(
             r["family"] if r["family"] != last else "",
-            r["name"], r["paper"], r["venue"], str(r["year"]), f"{r['params']:,}",
+            r["name"], r["paper"], r["venue"], str(r["year"]), "–" if r["params"] is None else f"{r['params']:,}",
             ", ".join(f"{d}D" for d in r["dims"]),
         )
         last = r["family"]

@@ -1,7 +1,8 @@
 """Where generated data sets are cached, and atomic writes.
 
 The cache folder is, in order: the ``root`` argument (``--cache-dir``), the
-``CONVATTN_CACHE`` environment variable, ``$XDG_CACHE_HOME/convattn``, or the
+``CONVATTN_CACHE`` environment variable (``CONVATTN_CACHE_DIR`` is accepted as an
+alias), ``$XDG_CACHE_HOME/convattn``, or the
 platform's user cache folder (``~/.cache/convattn`` on Linux,
 ``~/Library/Caches/convattn`` on macOS, ``%LOCALAPPDATA%\\convattn`` on Windows).
 """
@@ -19,7 +20,7 @@ import numpy as np
 def cache_dir(root: str | Path | None = None) -> Path:
     """The cache folder (created if needed)."""
     if root is None:
-        root = os.environ.get("CONVATTN_CACHE") or None
+        root = os.environ.get("CONVATTN_CACHE") or os.environ.get("CONVATTN_CACHE_DIR") or None
     if root is None:
         if os.environ.get("XDG_CACHE_HOME"):
             root = Path(os.environ["XDG_CACHE_HOME"]) / "convattn"

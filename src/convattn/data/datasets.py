@@ -34,6 +34,22 @@ EMBEDDED = ("cluttered-mnist", "mnist", "embedded")
 #: the default canvases, so that any subset (and `convattn eval`) sees the same inputs
 EMBEDDED_STATS = (0.11, 0.29)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: images of a folder data set decoded before any work: all of them up to this many, else an even sample
+CHECKED_IMAGES = 5000
+
+
+def check_images(paths: list[str], size: int, limit: int = CHECKED_IMAGES) -> None:
+    """Decode every image (at most ``limit``, evenly spaced); ValueError naming the first that fails."""
+    from PIL import Image
+
+    step = max(1, -(-len(paths) // limit))
+    for path in paths[::step]:
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (size, size))  # JPEGs decode at a reduced scale: fast, still every byte read
+                im.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"cannot read image {path}: {' '.join(str(e).split())}; fix or remove it") from None
 
 
 class TensorSet(Dataset):
@@ -195,8 +211,10 @@ def load_data(
     for name, v in (("image_size", image_size), ("train_size", train_size), ("test_size", test_size)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-    if image_size is not None and image_size < 8:
-        raise ValueError(f"image-size must be >= 8 pixels, got {image_size}")
+    from ..engine.options import MAX_IMAGE_SIZE, check_fits
+
+    if image_size is not None and not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"image-size must be 8..{MAX_IMAGE_SIZE} pixels, got {image_size}")
     kind, path = parse_spec(spec)
     if fresh_epochs is not None and (isinstance(fresh_epochs, bool) or not isinstance(fresh_epochs, int)
                                      or fresh_epochs < 1):
@@ -209,6 +227,10 @@ def load_data(
 
         d = ClutteredConfig()
         per_epoch = train_size or d.train_size
+        n, size = per_epoch * (fresh_epochs or 1) + (test_size or d.test_size), image_size or d.canvas
+        # uint8 canvases and masks, then float images and int64 masks at the input size (twice while resizing)
+        check_fits(f"the embedded data ({n:,} canvases at {size}x{size}: --train-size, --test-size, --image-size)",
+                   n * (2 * d.canvas ** 2 + 2 * 12 * size ** 2))
         if cluttered is None:
             # canvases are prefix-consistent (see cluttered.make_canvases): build only what is used
             cluttered = ClutteredConfig(train_size=per_epoch * (fresh_epochs or 1), test_size=test_size or d.test_size)
@@ -385,6 +407,7 @@ def _folder(path: str, size: int) -> DataBundle:
     train_samples = [train_samples[i] for i in order]
     order = np.random.default_rng(1).permutation(len(test_samples))
     test_samples = [test_samples[i] for i in order]
+    check_images(sorted(p for p, _ in train_samples + test_samples), size)
     tf = transforms.Compose(
         [
             transforms.Resize(size),

@@ -17,7 +17,9 @@ still has the previous complete checkpoint. Files of older epochs are removed
 after ``latest.json`` moved on.
 
 Loading anything that is not a complete checkpoint raises a ``ValueError``
-with one line saying which file is wrong.
+with one line saying which file is wrong; ``latest.json``'s ``weights`` and
+``optimizer`` must be plain file names, so nothing outside the checkpoint
+folder is ever read.
 """
 
 from __future__ import annotations
@@ -116,6 +118,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     for key in ("epoch", "weights", "optimizer", "config", "history"):
         if key not in meta:
             raise ValueError(f"checkpoint {latest} is corrupt: missing {key!r}")
+    epoch = meta["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"checkpoint {latest} is corrupt: 'epoch' must be an integer >= 0, got {epoch!r}")
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"checkpoint {latest} is corrupt: 'config' must be a JSON object")
+    history = meta["history"]
+    if not isinstance(history, list) or len(history) != epoch or not all(isinstance(r, dict) for r in history):
+        raise ValueError(f"checkpoint {latest} is corrupt: 'history' must be a list of one object per epoch "
+                         f"({epoch} at epoch {epoch})")
+    if "classes" in meta and not (isinstance(meta["classes"], list) and all(isinstance(c, str) for c in meta["classes"])):
+        raise ValueError(f"checkpoint {latest} is corrupt: 'classes' must be a list of names")
+    for key in ("weights", "optimizer"):
+        name = meta[key]
+        # only a file name inside the checkpoint folder: never a path that leads elsewhere
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"checkpoint {latest}: {key!r} must name a file inside {latest.parent}, got {name!r}")
     meta["_folder"] = str(latest.parent)
     return meta
 
@@ -125,6 +143,9 @@ def load_checkpoint(path: str | Path, *, optimizer: bool = True) -> dict[str, An
     meta = read_metadata(path)
     folder = Path(meta["_folder"])
     wpath = folder / meta["weights"]
+    for f in (wpath, folder / meta["optimizer"]):
+        if f.is_symlink() and f.resolve().parent != folder.resolve():
+            raise ValueError(f"checkpoint {f} links outside its folder {folder}; refusing to read it")
     try:
         from safetensors import safe_open
 

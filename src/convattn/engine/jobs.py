@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ from ..runs.folders import (
 )
 from . import distributed
 from .experiment import run_experiment
-from .options import DEFAULTS, check_positive, check_variant, parse_attention_options
+from .options import (
+    DEFAULTS,
+    MAX_IMAGE_SIZE,
+    MAX_SEEDS,
+    check_positive,
+    check_threads,
+    check_variant,
+    parse_attention_options,
+)
 from .progress import Progress
 from .trainer import ConfigRecord, TrainConfig
 
@@ -90,12 +99,16 @@ class Comparison(ConfigRecord):
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be distinct integers >= 0, got {self.seeds!r}")
+        if len(self.seeds) > MAX_SEEDS:
+            raise ValueError(f"{len(self.seeds)} seeds are more than the limit of {MAX_SEEDS}")
         for name in ("epochs", "batch_size", "gallery_images", "localisation_images"):
             check_positive(name.replace("_", "-"), getattr(self, name), allow_none=False)
         for name in ("image_size", "train_size", "test_size", "threads", "jobs"):
             check_positive(name.replace("_", "-"), getattr(self, name))
-        if self.threads is not None and self.threads > 1024:
-            raise ValueError(f"--threads {self.threads} is more than any machine has; valid: 1..1024")
+        check_threads(self.threads)
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"--image-size {self.image_size} is larger than the limit of {MAX_IMAGE_SIZE} pixels; "
+                             f"valid: 8..{MAX_IMAGE_SIZE}")
         if self.model not in list_models():
             raise unknown_model(self.model)
         if self.canvases not in CANVASES:
@@ -208,7 +221,7 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
         job = load_comparison(resume, job.command)
         resume_dir = Path(resume).expanduser()
     else:
-        check_out_free(out)
+        check_out_free(out, job.cache_dir)
     job.validate()
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -222,9 +235,12 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
         _check_models(job, base)
         run_dir = None
         if world.is_main:
-            run_dir = resume_dir if resume_dir is not None else new_run_dir(out, job.command)
-            save_run_config(run_dir, {"command": job.command, "job": job.as_dict(), "train_config": base.as_dict(),
-                                      "cache_dir": job.cache_dir})
+            if resume_dir is None:  # a resumed run keeps the config.json it was made with
+                run_dir = new_run_dir(out, job.command)
+                save_run_config(run_dir, {"command": job.command, "job": job.as_dict(), "train_config": base.as_dict(),
+                                          "cache_dir": job.cache_dir})
+            else:
+                run_dir = resume_dir
         run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None, world))
         quiet = quiet or not world.is_main
         with Progress(quiet=quiet) as progress:
@@ -249,6 +265,9 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
 
 
 def _check_batch(base: TrainConfig, data: Any, world: distributed.World) -> None:
+    if data.num_classes < 2:
+        raise ValueError(f"data {data.name} has {data.num_classes} class ({', '.join(data.classes)}); a classifier "
+                         "needs at least 2 classes")
     if base.batch_size % world.size:
         raise ValueError(f"--batch-size {base.batch_size} must be divisible by the number of processes ({world.size})")
     if len(data.train) < base.batch_size:
@@ -291,14 +310,20 @@ def _run_sample_efficiency(job: Comparison, out, resume_dir, quiet, t0) -> Compa
     from ..runs.report import write_sample_efficiency
 
     sizes = sorted(job.train_sizes)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, job.command)
-    save_run_config(run_dir, {"command": job.command, "job": job.as_dict(), "cache_dir": job.cache_dir})
+    if resume_dir is None:  # a resumed run keeps the config.json it was made with
+        run_dir = new_run_dir(out, job.command)
+        save_run_config(run_dir, {"command": job.command, "job": job.as_dict(), "cache_dir": job.cache_dir})
+    else:
+        run_dir = resume_dir
     steps = max(sizes) * job.epochs
     per_size: dict[str, Any] = {}
     for n in sizes:
         epochs = max(job.epochs, round(steps / n))
         sub = dataclasses.replace(job, train_sizes=None, train_size=n, canvases="fixed", epochs=epochs)
         sub_dir = run_dir / f"size-{n}"
+        if (sub_dir / "metrics.json").is_file():  # finished before an interruption
+            per_size[str(n)] = json.loads((sub_dir / "metrics.json").read_text())
+            continue
         res = run_comparison(sub, out=sub_dir, quiet=quiet) if not (sub_dir / "config.json").exists() else \
             run_comparison(sub, resume=sub_dir, quiet=quiet)
         per_size[str(n)] = res.summary

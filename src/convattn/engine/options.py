@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,35 @@ DEFAULTS = {
     "train_size": 2500,
     "test_size": 2000,
 }
+
+
+#: largest input size in pixels any command accepts (a 4096 x 4096 RGB float image is 200 MB)
+MAX_IMAGE_SIZE = 4096
+#: most torch threads any command accepts
+MAX_THREADS = 1024
+#: most seeds a comparison accepts
+MAX_SEEDS = 1000
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes (0 when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not on every platform
+        return 0
+
+
+def check_fits(what: str, nbytes: float) -> None:
+    """A one-line ValueError when ``what`` needs more memory (``nbytes``, an estimate) than the machine has."""
+    total = machine_memory()
+    if total and nbytes > total:
+        raise ValueError(f"{what} needs about {nbytes / 1e9:,.0f} GB of memory but this machine has "
+                         f"{total / 1e9:,.0f} GB; give smaller sizes")
+
+
+def check_threads(threads: int | None, name: str = "threads") -> None:
+    if threads is not None and threads > MAX_THREADS:
+        raise ValueError(f"--{name} {threads} is more than any machine has; valid: 1..{MAX_THREADS}")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,18 +137,20 @@ def parse_variants(text: str) -> list[str]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``0,5,7`` -> those seeds."""
+    """``3`` -> [0, 1, 2]; ``0,5,7`` -> those seeds (at most :data:`MAX_SEEDS`)."""
     text = str(text).strip()
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            n = int(text)
-            if n < 1:
-                raise ValueError
-            seeds = list(range(n))
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
     except ValueError:
         raise ValueError(f"--seeds must be a count >= 1 (3 means 0,1,2) or a comma-separated list, got {text!r}") from None
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds must be a count >= 1 (3 means 0,1,2) or a comma-separated list, got {text!r}")
+        if seeds > MAX_SEEDS:
+            raise ValueError(f"--seeds {seeds} is more than the limit of {MAX_SEEDS} seeds; valid: 1..{MAX_SEEDS}")
+        seeds = list(range(seeds))
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"--seeds lists {len(seeds)} seeds, more than the limit of {MAX_SEEDS}")
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct integers >= 0, got {text!r}")
     return seeds

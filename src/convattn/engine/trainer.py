@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import types
+import typing
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,11 +48,44 @@ class ConfigRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        """The record from plain JSON data: unknown fields and values of the wrong type are a ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config has unknown fields {unknown}; valid: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            if not _has_type(v, hints[k]):
+                raise ValueError(f"config field {k!r} is {v!r}, not of type {hints[k]}")
         return cls(**d)
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether JSON ``value`` fits the annotation ``tp`` (int, float, str, bool, lists, dicts, unions)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_has_type, value, args))
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_has_type(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_has_type(v, args[1]) for v in value.values()))
+    return True
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -148,6 +183,12 @@ def deterministic():
         yield
     finally:
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _class_names(data: Any) -> list[str] | None:
+    """The data set's class names (saved in checkpoints, so that eval can check a data set against them)."""
+    classes = getattr(data, "classes", None)
+    return [str(c) for c in classes] if classes is not None else None
 
 
 def get_batch(dataset: Any, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,7 +312,8 @@ def fit(
                     group["lr"] = lr
                 loss, stats = task.step(net, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{label}: loss is {float(loss)} at epoch {epoch} step {s}; lower --lr")
+                    raise FloatingPointError(f"{label}: loss is {loss.item()} at epoch {epoch} step {s} (learning "
+                                             f"rate {lr:.3g}); the training diverged, try a lower --lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -293,7 +335,7 @@ def fit(
                     epoch=epoch,
                     config=cfg.as_dict(),
                     history=history,
-                    extra={"world_size": world.size},
+                    extra={"world_size": world.size, "classes": _class_names(data)},
                 )
             distributed.barrier(world)
             progress.epoch(epoch, cfg.epochs, row, task.metric)

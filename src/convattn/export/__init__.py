@@ -1,6 +1,6 @@
 """Deploy attention modules and models: ONNX, TorchScript and torch.compile checks.
 
-- :func:`export_onnx`: ONNX (opset 18 by default, >= 17) with a dynamic batch
+- :func:`export_onnx`: ONNX (opset 18 by default, :func:`opset_range`) with a dynamic batch
   and dynamic spatial sizes, through ``torch.onnx.export`` (the dynamo exporter,
   torch's default; ``exporter="legacy"`` selects the TorchScript-based one), then
   verified with onnxruntime at the export size and at a second, different size.
@@ -13,12 +13,17 @@
 
 Every function takes any ``nn.Module`` with one tensor input and one tensor
 output. onnx, onnxscript and onnxruntime are imported only when needed (the
-``export`` extra).
+``export`` extra); onnxruntime runs with its telemetry off (``ORT_DISABLE_TELEMETRY``),
+so it writes nothing under the user's home. :func:`export_model` writes into a
+temporary folder beside the target and moves the files into place only once verified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,9 +69,19 @@ def second_input(x: torch.Tensor, seed: int = 1) -> torch.Tensor:
     return torch.randn(shape, generator=g, dtype=torch.float32).to(x.dtype)
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets :func:`export_onnx` can write: ``MIN_OPSET`` up to the newest the installed onnx knows."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - without the export extra
+        return MIN_OPSET, DEFAULT_OPSET
+    return MIN_OPSET, max(MIN_OPSET, int(onnx.defs.onnx_opset_version()))
+
+
 def _check_opset(opset: int) -> int:
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    lo, hi = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise ValueError(f"opset must be an integer in {lo}..{hi} (what the installed exporter supports), got {opset!r}")
     return opset
 
 
@@ -166,6 +181,9 @@ def export_onnx(
     finally:
         model.train(was_training)
     report = ExportReport(format="onnx", path=str(path), method=exporter, atol=atol)
+    written = onnx_opset(path)
+    if written != opset:
+        raise ExportError(f"ONNX export wrote opset {written}, not the requested {opset}")
     report.dynamic_dims = onnx_input_dims(path)
     static = [names[i] for i, a in enumerate(axes) if isinstance(report.dynamic_dims[a], int)]
     if static:
@@ -185,6 +203,14 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+def onnx_opset(path: str | Path) -> int | None:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def onnx_input_dims(path: str | Path) -> list:
     """The input's dims in the ONNX file: ints for fixed sizes, names for dynamic ones."""
     import onnx
@@ -200,6 +226,7 @@ def verify_onnx(path: str | Path, model: nn.Module, inputs: list[torch.Tensor], 
     Returns the max absolute difference per input; raises ExportError if one
     exceeds ``atol`` or onnxruntime fails.
     """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # else it writes a device id under ~/.cache
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -373,7 +400,9 @@ def export_model(
 ) -> ExportReport:
     """Write ``model`` to ``path`` in ``fmt`` ("onnx" or "torchscript") and verify it.
 
-    Refuses to overwrite an existing file unless ``force``.
+    Refuses to overwrite an existing file unless ``force``. The file is written
+    under a temporary name and renamed to ``path`` only once verified, so a
+    failed export leaves ``path`` (and any older file there) as it was.
     """
     check_format(fmt)
     path = Path(path)
@@ -382,9 +411,19 @@ def export_model(
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "onnx":
-        return export_onnx(model, example, path, **kwargs)
-    _, report = export_torchscript(model, example, path, **kwargs)
+    # staged in a temporary folder under the final name, so that the ONNX file's reference to its
+    # external data file (<name>.data, written beside it) stays right after the move
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        if fmt == "onnx":
+            report = export_onnx(model, example, stage / path.name, **kwargs)
+        else:
+            report = export_torchscript(model, example, stage / path.name, **kwargs)[1]
+        for f in sorted(stage.iterdir(), key=lambda f: f.name == path.name):  # the model file last
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    report.path = str(path)
     return report
 
 
@@ -401,6 +440,8 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "onnx_input_dims",
+    "onnx_opset",
+    "opset_range",
     "second_input",
     "verify_onnx",
 ]

@@ -106,6 +106,9 @@ def base_config(args: Any) -> Any:
         v = getattr(args, name, None)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (>= 1), got {v!r}")
+    from ..engine.options import check_threads
+
+    check_threads(args.threads)
     if args.eval_samples < 20 or args.eval_samples % 10:
         raise ValueError(f"--eval-samples must be a multiple of 10 (balanced classes) and >= 20, got {args.eval_samples}")
     return GenConfig(
@@ -159,7 +162,7 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
         job = load_job(resume, "generate", GenerateJob)
         resume_dir = Path(resume).expanduser()
     else:
-        check_out_free(out)
+        check_out_free(out, job.cache_dir)
     variants, seeds = [check_variant(v) for v in job.variants], list(job.seeds)
     base = base_config(job)
     sizes = check_variants(variants, base)
@@ -171,9 +174,12 @@ def run_generation(job: GenerateJob | None, *, out: str | Path | None = None, re
                          f"digits); valid: 1..{len(digits.train_x)}")
     if job.threads:
         torch.set_num_threads(job.threads)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, "generate")
-    save_run_config(run_dir, {"command": "generate", "job": job.as_dict(), "gen_config": base.as_dict(),
-                              "cache_dir": job.cache_dir})
+    if resume_dir is None:  # a resumed run keeps the config.json it was made with
+        run_dir = new_run_dir(out, "generate")
+        save_run_config(run_dir, {"command": "generate", "job": job.as_dict(), "gen_config": base.as_dict(),
+                                  "cache_dir": job.cache_dir})
+    else:
+        run_dir = resume_dir
     with Progress(quiet=quiet) as progress:
         if resume_dir is not None:
             progress.print(f"resuming {run_dir} with its saved options")

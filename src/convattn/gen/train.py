@@ -297,8 +297,8 @@ def train_gan(
                 step += 1
                 if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
                     raise FloatingPointError(
-                        f"{label}: loss is not finite at epoch {epoch} step {s} (D {float(loss_d)}, G {float(loss_g)}); "
-                        "lower --lr-g/--lr-d"
+                        f"{label}: loss is not finite at epoch {epoch} step {s} (D {loss_d.item()}, G {loss_g.item()}); "
+                        "the training diverged, try a lower --lr-g/--lr-d"
                     )
                 sums["d_loss"] += float(loss_d.detach())
                 sums["g_loss"] += float(loss_g.detach())

@@ -1,20 +1,39 @@
 """Run folders and the files every job writes into them.
 
 - :func:`new_run_dir`: one folder per run, never reusing an existing one;
-- :func:`check_out_free`: fail before any work when ``--out`` exists;
+- :func:`check_out_free`: fail before any work when ``--out`` exists or it or
+  the cache folder cannot be written;
+- :func:`discard_new_runs`: after an error, remove the run folders made since
+  that hold no checkpoint;
 - :func:`write_json`: atomic JSON (NaN kept, tensors and paths converted);
 - :func:`save_run_config` / :func:`load_run_config`: ``config.json``, what
-  ``--resume`` reads back, checked for the right command and shape.
+  ``--resume`` reads back, checked for the right command and shape;
+- :func:`load_job`: the typed job of a run to resume, refusing a finished run
+  and removing the temporary files an interrupted write left.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from ..data.cache import atomic_write_bytes
+
+#: (run folder, outermost folder created with it) of each :func:`new_run_dir` since the command started
+NEW_RUNS: list[tuple[Path, Path]] = []
+
+
+def _mkdir_tracked(path: Path) -> None:
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    path.mkdir(parents=True, exist_ok=False)
+    NEW_RUNS.append((path, top))
 
 
 def new_run_dir(out: str | Path | None, command: str, root: str | Path = "runs") -> Path:
@@ -23,25 +42,72 @@ def new_run_dir(out: str | Path | None, command: str, root: str | Path = "runs")
         path = Path(out).expanduser()
         if path.exists():
             raise FileExistsError(f"output folder {path} already exists; choose a new --out (nothing was overwritten)")
-        path.mkdir(parents=True)
+        _mkdir_tracked(path)
         return path
     base = Path(root) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     for k in range(1, 1000):
         path = base if k == 1 else base.with_name(f"{base.name}-{k}")
         try:
-            path.mkdir(parents=True, exist_ok=False)
+            _mkdir_tracked(path)
             return path
         except FileExistsError:
             continue
     raise FileExistsError(f"could not find a free run folder name under {root}")
 
 
-def check_out_free(out: str | Path | None) -> None:
-    """Fail early (before any work) when ``--out`` already exists."""
+def discard_new_runs() -> str:
+    """After an error: remove each run folder in :data:`NEW_RUNS` that holds no checkpoint (and the
+    parents made for it, if empty), keep the others.
+
+    Returns what was done as a note to append to the one-line error ("" when no folder was made).
+    """
+    notes = []
+    while NEW_RUNS:
+        path, top = NEW_RUNS.pop()
+        if not path.is_dir():
+            continue
+        if next(path.rglob("latest.json"), None) is not None:
+            notes.append(f"; the run folder {path} is kept with its checkpoints (--resume {path} continues it)")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        made = path
+        while made != top:  # the parents created with it, innermost first, while empty
+            made = made.parent
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        notes.append(f"; removed the new run folder {path} (nothing useful was written)")
+    return "".join(notes)
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Fail early when the folder ``path`` (existing or to be created) cannot be written; one line naming ``option``."""
+    p = Path(path).expanduser()
+    base = p
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(f"{option} {p}: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".convattn-write-check-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"{option} {p} is not writable ({e.strerror} in {base}); "
+                              "choose a folder you can write to") from None
+
+
+def check_out_free(out: str | Path | None, cache_dir: str | Path | None = None, root: str | Path = "runs") -> None:
+    """Fail early (before any work) when ``--out`` already exists, or it (default: ``root``) or
+    ``--cache-dir`` cannot be written."""
     if out is not None and Path(out).expanduser().exists():
         raise FileExistsError(
             f"output folder {Path(out).expanduser()} already exists; choose a new --out or pass --resume to continue it"
         )
+    check_writable(root if out is None else out, "--out" if out is not None else "run folder")
+    if cache_dir is not None:
+        check_writable(cache_dir, "--cache-dir")
 
 
 def _json_default(o: Any) -> Any:
@@ -91,12 +157,42 @@ def load_run_config(run_dir: str | Path, command: str) -> dict[str, Any]:
 
 
 def load_job(run_dir: str | Path, command: str, cls: type) -> Any:
-    """The typed job (``cls.from_dict``) saved as ``config.json``'s ``job`` table, for ``--resume``."""
+    """The typed job (``cls.from_dict``) saved as ``config.json``'s ``job`` table, for ``--resume``.
+
+    Refuses a finished run (:func:`is_finished`) without touching it; otherwise
+    removes the temporary files (``.*.tmp``) that an interrupted write left.
+    """
     payload = load_run_config(run_dir, command)
     job = payload.get("job")
     if not isinstance(job, dict):
         raise ValueError(f"--resume {run_dir}: config.json has no 'job' table (made by an older convattn?)")
     try:
-        return cls.from_dict(job)
+        job = cls.from_dict(job)
     except (TypeError, ValueError) as e:
         raise ValueError(f"--resume {run_dir}: config.json's job is malformed ({str(e).splitlines()[0]})") from None
+    path = Path(run_dir).expanduser()
+    if is_finished(path, job):
+        raise ValueError(f"--resume {path}: that run is finished (every training reached its last epoch and "
+                         "metrics.json is written); nothing to do, nothing was changed")
+    for tmp in path.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return job
+
+
+def is_finished(run_dir: Path, job: Any) -> bool:
+    """Whether ``run_dir`` holds ``metrics.json`` and each of ``job``'s variant x seed trainings
+    (or, with ``train_sizes``, each size's comparison) is complete."""
+    if not (run_dir / "metrics.json").is_file():
+        return False
+    sizes = getattr(job, "train_sizes", None)
+    if sizes:
+        return all((run_dir / f"size-{n}" / "metrics.json").is_file() for n in sizes)
+    for v in job.variants:
+        for seed in job.seeds:
+            try:
+                epoch = json.loads((run_dir / "runs" / f"{v or 'none'}-seed{seed}" / "latest.json").read_text())["epoch"]
+            except (OSError, ValueError, TypeError, KeyError):
+                return False
+            if epoch != job.epochs:
+                return False
+    return True

@@ -133,7 +133,13 @@ class TaskJob(ConfigRecord):
     jobs: int = 1
 
     def validate(self, cmd: TaskCommand) -> TaskJob:
-        from ..engine.options import check_positive, check_variant
+        from ..engine.options import (
+            MAX_IMAGE_SIZE,
+            check_fits,
+            check_positive,
+            check_threads,
+            check_variant,
+        )
 
         if self.command != cmd.name:
             raise ValueError(f"a {self.command!r} job cannot run as {cmd.name!r}")
@@ -162,6 +168,15 @@ class TaskJob(ConfigRecord):
             for k in ("image_size", "train_size", "test_size"):
                 if getattr(self, k) is None:
                     setattr(self, k, cmd.defaults[k])
+        check_threads(self.threads)
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"--image-size {self.image_size} is larger than the limit of {MAX_IMAGE_SIZE} pixels; "
+                             f"valid: 1..{MAX_IMAGE_SIZE}")
+        size = self.image_size or cmd.defaults["image_size"]
+        n = (self.train_size or 0) * (self.epochs if embedded(self) and self.canvases == "fresh" else 1)
+        n += self.test_size or 0
+        # RGB float images, masks or boxes, and the embedded canvases they come from (twice while resizing)
+        check_fits(f"{n:,} images at {size}x{size} (--train-size, --test-size, --image-size)", n * 2 * 28 * size ** 2)
         TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                     momentum=self.momentum, warmup=self.warmup, optimizer=self.optimizer).validate()
         return self
@@ -209,7 +224,7 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
         job = load_job(resume, cmd.name, TaskJob)
         resume_dir = Path(resume).expanduser()
     else:
-        check_out_free(out)
+        check_out_free(out, job.cache_dir)
     job.validate(cmd)
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -225,9 +240,12 @@ def run_task(cmd: TaskCommand, job: TaskJob | None, *, out: str | Path | None = 
         num_classes=data.num_classes, in_chans=data.in_chans, eval_batch_size=cmd.defaults.get("eval_batch_size", 100),
     ).validate()
     variants, seeds = job.variants, job.seeds
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, cmd.name)
-    save_run_config(run_dir, {"command": cmd.name, "job": job.as_dict(), "train_config": base.as_dict(),
-                              "cache_dir": job.cache_dir})
+    if resume_dir is None:  # a resumed run keeps the config.json it was made with
+        run_dir = new_run_dir(out, cmd.name)
+        save_run_config(run_dir, {"command": cmd.name, "job": job.as_dict(), "train_config": base.as_dict(),
+                                  "cache_dir": job.cache_dir})
+    else:
+        run_dir = resume_dir
     task = cmd.make_task(data, job)
     with Progress(quiet=quiet) as progress:
         if resume_dir is not None:

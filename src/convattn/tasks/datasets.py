@@ -13,7 +13,8 @@ Segmentation layout (``PATH``)::
     or PATH/train/{images,masks}/ and PATH/test/{images,masks}/ (or val/)
 
 A mask is a one-channel image (mode L or P) of the image's size holding class
-ids: 0 = background, 1..K-1 = classes, 255 = ignore (not scored, no loss).
+ids: 0 = background, 1..K-1 = classes, 255 = ignore (not scored, no loss);
+every mask needs at least one pixel that is not ignored.
 Without train/test folders a fixed 80/20 split is made. ``num_classes``
 defaults to the largest id found + 1; an id >= num_classes (other than 255)
 is an error.
@@ -21,7 +22,8 @@ is an error.
 Detection (``coco:PATH.json`` or ``PATH.json``): COCO "instances" format,
 ``images`` [{id, file_name, width, height, split?}], ``annotations``
 [{image_id, bbox: [x, y, w, h], category_id}], ``categories`` [{id, name}].
-``file_name`` is relative to the JSON's folder. Category ids are mapped to
+``file_name`` is relative to the JSON's folder; ids are integers, boxes four
+finite numbers, and there is at least one annotation. Category ids are mapped to
 0..K-1 in increasing id order. A box must lie inside its image (0.5 pixel
 tolerance) and have w, h > 0. Images with ``"split": "test"`` (or "val") form
 the test set, ``"train"`` the training set; without split fields a fixed
@@ -31,6 +33,7 @@ the test set, ``"train"`` the training set; without split fields a fixed
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +133,9 @@ def load_segmentation_folder(path: str, *, image_size: int = 64, num_classes: in
             if bad.size:
                 raise ValueError(f"mask {mask_path} has class id {int(bad[0])}; valid: 0..254, 255 = ignore")
             known = ids[ids != IGNORE_INDEX]
+            if not known.size:
+                raise ValueError(f"mask {mask_path} has no pixel other than {IGNORE_INDEX} (ignore); every mask needs "
+                                 "at least one labelled pixel")
             if num_classes is not None and known.size and known.max() >= num_classes:
                 raise ValueError(f"mask {mask_path} has unknown class id {int(known.max())}; with --num-classes "
                                  f"{num_classes} valid ids are 0..{num_classes - 1} (255 = ignore)")
@@ -156,6 +162,19 @@ def load_segmentation_folder(path: str, *, image_size: int = 64, num_classes: in
 # -------------------------------------------------------------------- detection
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v) -> str:
+    text = json.dumps(v, allow_nan=True) if not isinstance(v, float) else repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _need(obj: dict, key: str, where: str, path: Path):
     if not isinstance(obj, dict) or key not in obj:
         raise ValueError(f"COCO file {path}: {where} has no {key!r}")
@@ -176,31 +195,49 @@ def load_coco_detection(spec: str, *, image_size: int = 64, num_classes: int | N
     images = _need(coco, "images", "the file", path)
     anns = _need(coco, "annotations", "the file", path)
     cats = _need(coco, "categories", "the file", path)
-    if not isinstance(images, list) or not images:
-        raise ValueError(f"COCO file {path}: 'images' must be a non-empty list")
-    cat_ids = sorted(int(_need(c, "id", "a category", path)) for c in cats)
-    if not cat_ids:
-        raise ValueError(f"COCO file {path}: 'categories' is empty")
+    for key, value in (("images", images), ("annotations", anns), ("categories", cats)):
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"COCO file {path}: {key!r} must be a non-empty list, got {_short(value)}")
+    cat_ids = []
+    for k, c in enumerate(cats):
+        cid = _need(c, "id", f"category {k}", path)
+        if not _is_int(cid):
+            raise ValueError(f"COCO file {path}: category {k} has id {_short(cid)}; ids must be integers")
+        cat_ids.append(cid)
+    if len(set(cat_ids)) != len(cat_ids):
+        raise ValueError(f"COCO file {path}: category ids {cat_ids} are not unique")
+    cat_ids.sort()
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
     index = {cid: i for i, cid in enumerate(cat_ids)}
     if num_classes is not None and num_classes != len(cat_ids):
         raise ValueError(f"--num-classes {num_classes} but {path} has {len(cat_ids)} categories")
     by_id = {}
-    for im in images:
-        iid = _need(im, "id", "an image", path)
-        _need(im, "file_name", f"image {iid}", path)
+    for k, im in enumerate(images):
+        iid = _need(im, "id", f"image {k}", path)
+        name = _need(im, "file_name", f"image {iid}", path)
+        if not _is_int(iid) or iid in by_id:
+            raise ValueError(f"COCO file {path}: image {k} has id {_short(iid)}; ids must be distinct integers")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"COCO file {path}: image {iid} has file_name {_short(name)}; expected a path")
+        for dim in ("width", "height"):
+            if dim in im and not (_is_int(im[dim]) and im[dim] > 0):
+                raise ValueError(f"COCO file {path}: image {iid} has {dim} {_short(im[dim])}; expected an integer > 0")
         by_id[iid] = {"info": im, "boxes": [], "labels": []}
-    for a in anns:
-        iid = _need(a, "image_id", "an annotation", path)
-        if iid not in by_id:
-            raise ValueError(f"COCO file {path}: annotation refers to unknown image_id {iid}")
-        cid = _need(a, "category_id", f"an annotation of image {iid}", path)
-        if cid not in index:
-            raise ValueError(f"COCO file {path}: annotation of image {iid} has unknown class id {cid}; "
+    for k, a in enumerate(anns):
+        iid = _need(a, "image_id", f"annotation {k}", path)
+        if not _is_int(iid) or iid not in by_id:
+            raise ValueError(f"COCO file {path}: annotation {k} refers to unknown image_id {_short(iid)}")
+        cid = _need(a, "category_id", f"annotation {k} (image {iid})", path)
+        if not _is_int(cid) or cid not in index:
+            raise ValueError(f"COCO file {path}: annotation {k} (image {iid}) has unknown class id {_short(cid)}; "
                              f"valid category ids: {cat_ids}")
-        bbox = _need(a, "bbox", f"an annotation of image {iid}", path)
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise ValueError(f"COCO file {path}: annotation of image {iid} has bbox {bbox!r}; expected [x, y, w, h]")
+        bbox = _need(a, "bbox", f"annotation {k} (image {iid})", path)
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise ValueError(f"COCO file {path}: annotation {k} (image {iid}) has bbox {_short(bbox)}; "
+                             "expected [x, y, w, h] of 4 finite numbers")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise ValueError(f"COCO file {path}: annotation {k} (image {iid}) has bbox {bbox} with width or "
+                             "height <= 0")
         by_id[iid]["boxes"].append([float(v) for v in bbox])
         by_id[iid]["labels"].append(index[cid])
     entries = list(by_id.values())
@@ -233,8 +270,6 @@ def load_coco_detection(spec: str, *, image_size: int = 64, num_classes: int | N
                                  f"{info.get('width')}x{info.get('height')}")
             for k, (bx, lab) in enumerate(zip(e["boxes"], e["labels"], strict=True)):
                 x0, y0, bw, bh = bx
-                if bw <= 0 or bh <= 0:
-                    raise ValueError(f"COCO file {path}: image {info['id']} has a box {bx} with width or height <= 0")
                 if x0 < -0.5 or y0 < -0.5 or x0 + bw > w + 0.5 or y0 + bh > h + 0.5:
                     raise ValueError(f"COCO file {path}: image {info['id']} has a box {bx} (x, y, w, h) outside the "
                                      f"image ({w}x{h})")
