@@ -52,17 +52,18 @@ def _spatial_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     mirrors={"forward": "57f52ed1b7a9", **_SPATIAL},
 )
 def cbam_spatial(m: CBAMSpatial, x: torch.Tensor):
-    one_call = not m.bn.training and x.dim() == 4
-    if one_call and not torch.is_grad_enabled():
+    if x.dim() == 4 and not torch.is_grad_enabled():  # the plan declines a BN in training
         return plans.run_eval(m, x, _spatial_plan, m.pool_order)
     params = tuple(m.parameters())
-    if one_call and not wants_grad(x, params):
+    if x.dim() == 4 and not m.bn.training and not wants_grad(x, params):
         return plans.run_eval(m, x, _spatial_plan, m.pool_order)
     return gated(x, GateSpec(spatial=spatial_gate(m)), params)
 
 
 def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     ch, sp = m.channel, m.spatial
+    plans._exact(ch, CBAMChannel, "CBAM.channel")
+    plans._exact(sp, CBAMSpatial, "CBAM.spatial")
     return plans.gate_plan(x, m, mlp=(ch.fc1, ch.fc2), mlp_max=True,
                            spatial_conv=(sp.conv, sp.bn, sp.pool_order == "max_mean"), sequential=True)
 
@@ -74,14 +75,13 @@ def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     mirrors={"forward": "1314707d47a0", (CBAMChannel, "gate"): "947ed0f403a3", (CBAMChannel, "gate_from_pools"): "7582e6498669", **_SPATIAL},
 )
 def cbam(m: CBAM, x: torch.Tensor):
+    if x.dim() == 4 and not torch.is_grad_enabled():  # the plan checks the gates, declines a BN in training
+        return plans.run_eval(m, x, _cbam_plan, m.spatial.pool_order)
     ch, sp = m.channel, m.spatial
     if type(ch) is not CBAMChannel or type(sp) is not CBAMSpatial:
         return "its channel or spatial gate was replaced"
-    one_call = not sp.bn.training and x.dim() == 4
-    if one_call and not torch.is_grad_enabled():
-        return plans.run_eval(m, x, _cbam_plan, sp.pool_order)
     params = tuple(m.parameters())
-    if one_call and not wants_grad(x, params):
+    if x.dim() == 4 and not sp.bn.training and not wants_grad(x, params):
         return plans.run_eval(m, x, _cbam_plan, sp.pool_order)
     spec = GateSpec(channel=ch.gate_from_pools, channel_max=True, spatial=spatial_gate(sp), sequential=True)
     return gated(x, spec, params)

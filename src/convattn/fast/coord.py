@@ -87,8 +87,8 @@ def _structure(m: CoordAttention, x: torch.Tensor) -> str | None:
     dims=(2,),
 )
 def coord(m: CoordAttention, x: torch.Tensor):
-    if not torch.is_grad_enabled() and not m.bn1.training:
-        return plans.run_eval(m, x, plans.coord_plan)  # the plan checks the structure itself
+    if not torch.is_grad_enabled():  # the plan checks the structure (and declines a BN in training)
+        return plans.run_eval(m, x, plans.coord_plan)
     params = tuple(m.parameters())
     grad = wants_grad(x, params)
     if not grad and not m.bn1.training:
@@ -98,5 +98,6 @@ def coord(m: CoordAttention, x: torch.Tensor):
         return why
     if grad:
         return _CoordFn.apply(x, m, *params)
-    g_h, g_w = gates_from_strips(m, native.coord_pool(x), x.shape[2])
-    return native.coord_scale(x, g_h, g_w)
+    with torch.no_grad():  # the BN in training, no parameter wants a gradient
+        g_h, g_w = gates_from_strips(m, native.coord_pool(x), x.shape[2])
+        return native.coord_scale(x, g_h, g_w)

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import native
+
 #: the switch: None means "the environment decides" (:func:`enabled`)
 _switch: contextvars.ContextVar[bool | None] = contextvars.ContextVar("convattn_fast", default=None)
 _ENV = ("CONVATTN_FAST", "CONVATTN_NATIVE")  # the second one is the older name
@@ -57,12 +59,16 @@ def _env_default() -> bool:
     return True
 
 
+#: the environment's default, read once when convattn is imported
+_DEFAULT = _env_default()
+
+
 def enabled() -> bool:
     """Whether fast paths may run: the innermost :func:`use` block decides, else the
-    environment (``CONVATTN_FAST=0`` turns them off; ``CONVATTN_NATIVE`` is the older
-    name of the same variable), else on."""
+    environment when convattn was imported (``CONVATTN_FAST=0`` turns them off;
+    ``CONVATTN_NATIVE`` is the older name of the same variable), else on."""
     value = _switch.get()
-    return _env_default() if value is None else value
+    return _DEFAULT if value is None else value
 
 
 @contextlib.contextmanager
@@ -174,8 +180,6 @@ def fingerprints(cls: type[nn.Module]) -> dict[str, tuple[str, str]]:
 
 
 def _kernels_reason() -> str | None:
-    from . import native
-
     if native._lib is not None:
         return None
     return None if native.load() is not None else f"kernels unavailable ({native.load_error()})"
@@ -223,13 +227,13 @@ def accelerate(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def path_of(module: nn.Module, x: torch.Tensor) -> str:
-    """``"fast: <what it implements>"`` or ``"plain: <why>"`` for ``module(x)``; runs the
-    fast path once on a copy of ``x`` (without autograd) when the rules let it."""
+    """``"fast: <what it implements>"`` or ``"plain: <why>"`` for ``module(x)`` in the
+    current autograd mode; runs the fast path once on a copy of ``x`` when the rules
+    let it (a BatchNorm in training updates its statistics, as a call would)."""
     path = _PATHS.get(type(module))
     reason = decline(module, x)
     if reason is None:
-        with torch.no_grad():
-            y = path.run(module, x.clone())
+        y = path.run(module, x.clone())
         if isinstance(y, str):
             reason = y
     return f"plain: {reason}" if reason else f"fast: {path.declares}"

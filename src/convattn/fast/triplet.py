@@ -108,14 +108,13 @@ def _triplet_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     dims=(2,),
 )
 def triplet(m: TripletAttention, x: torch.Tensor):
+    if not torch.is_grad_enabled():  # the plan checks the gates (and declines a BN in training)
+        return plans.run_eval(m, x, _triplet_plan)
     gates = [g for g in (m.cw, m.hc, m.hw) if g is not None]
     if any(type(g) is not ZPoolGate for g in gates):
         return "a branch gate was replaced"
-    one_call = not any(g.bn.training for g in gates)
-    if one_call and not torch.is_grad_enabled():
-        return plans.run_eval(m, x, _triplet_plan)
     params = tuple(m.parameters())
-    if one_call and not wants_grad(x, params):
+    if not wants_grad(x, params) and not any(g.bn.training for g in gates):
         return plans.run_eval(m, x, _triplet_plan)
     why = wrong_operands(x, params)
     if why is not None:
