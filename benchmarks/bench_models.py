@@ -1,6 +1,6 @@
 """Whole-model cost of attention: ResNet-50 with cbam / se / eca vs plain ResNet-50.
 
-Issue 8's target: eval, batch 8, 224x224, 2 threads, attention at "block";
+The speed target: eval, batch 8, 224x224, 2 threads, attention at "block";
 latency ratio to the plain model <= 1.03x for cbam and <= 1.02x for se and eca.
 timm's resnet50 with its own CBAM (and SE, ECA) is the peer line, as a ratio to
 timm's plain resnet50. All variants are timed interleaved (A B C ... A B C ...)
@@ -22,7 +22,7 @@ from pathlib import Path
 from convattn.bench import parse_names, run_models
 from convattn.bench.report import markdown
 
-#: latency / plain ResNet-50 targets of issue 8
+#: latency / plain ResNet-50 targets
 TARGETS = {"cbam": 1.03, "se": 1.02, "eca": 1.02}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
         ("target", lambda r: f"<= {r['target_vs_plain']}x" if r.get("target_vs_plain") else ""),
         ("pass", verdict),
     ]
-    note = ("Targets (issue 8): eval latency / plain <= 1.03x for cbam, <= 1.02x for se and eca (timm's CBAM: "
-            "1.088x when the issue was written). timm lines are ratios to timm's plain resnet50, timed in the same "
+    note = ("Targets: eval latency / plain <= 1.03x for cbam, <= 1.02x for se and eca (timm's CBAM: "
+            "1.088x when the targets were set). timm lines are ratios to timm's plain resnet50, timed in the same "
             "rounds. The machine is shared with other jobs (load average above): per-round ratios cancel slow "
             "drift, [q1-q3] is their spread.")
     out = Path(args.out)

@@ -1,10 +1,10 @@
 """Every registered attention module alone: latency as a ratio to FLOOR and to timm.
 
-Issue 2's benchmark: eval forward and train forward+backward at (8,256,28,28)
+Eval forward and train forward+backward at (8,256,28,28)
 and (32,64,56,56), fp32, 2 threads; FLOOR = ``x * x.mean(spatial)`` timed
 interleaved with each module in the same rounds; timm's module where timm has
 one; peak memory in fresh processes. Writes benchmarks/results/modules.md and
-modules.json with the issue's targets and a pass/fail column.
+modules.json with the speed targets and a pass/fail column.
 
     python benchmarks/bench_modules.py                 # everything (~15-30 min on 2 busy cores)
     python benchmarks/bench_modules.py --modules se,cbam --no-memory
@@ -20,7 +20,7 @@ from pathlib import Path
 from convattn.bench import parse_names, run_modules
 from convattn.bench.report import markdown
 
-#: latency / FLOOR targets of issue 2 (eval and train)
+#: latency / FLOOR targets (eval and train)
 TARGETS = {"se": 1.2, "eca": 1.2, "cbam": 2.0, "simam": 2.0, "scse": 2.0, "coord": 2.0, "triplet": 6.0}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         ("target", lambda r: f"<= {TARGETS[r['name']]}x" if r.get("name") in TARGETS else ""),
         *[(f"{m} pass", lambda r, m=m: verdict(r, m)) for m in result["config"]["modes"]],
     ]
-    note = ("Targets (issue 2): latency / FLOOR <= 1.2x for se and eca, <= 2.0x for cbam, simam, scse and coord, "
+    note = ("Targets: latency / FLOOR <= 1.2x for se and eca, <= 2.0x for cbam, simam, scse and coord, "
             "<= 6x for triplet, in eval and in train. The machine is shared with other jobs: the load average is "
             "given above; ratios are per-round medians so that drift cancels, [q1-q3] is their spread.")
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""Issue 2's speed targets over several fresh processes: latency / FLOOR, median over runs.
+"""The modules' speed targets over several fresh processes: latency / FLOOR, median over runs.
 
 One process's ratios move with the machine's load and with its allocator state
 (measured: the same code gave se 0.99x in one run and 1.23x in the next), so
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "targets.json").write_text(json.dumps({"runs": results, "combined": combined}, indent=2) + "\n")
-    (out / "targets.md").write_text(runs_markdown(results, combined, "Issue 2's speed targets", note))
+    (out / "targets.md").write_text(runs_markdown(results, combined, "The modules' speed targets", note))
     failed = [f"{r['name']} {r['mode']} {'x'.join(map(str, r['shape']))}" for r in combined if r["pass"] is False]
     print(f"wrote {out / 'targets.md'}; " + ("every target met on the median" if not failed
                                              else "missed on the median: " + ", ".join(failed)))

@@ -405,6 +405,18 @@ def test_identity_init_uses_module_own_identity_init():
 # --------------------------------------------------------------------------- detach
 
 
+def test_detach_of_a_copy_or_an_unpickled_model_removes_its_own_hooks():
+    """attach keeps each hook's handle with the inserted module; a deep copy or an
+    unpickled model carries its own, so detach removes that model's hooks only."""
+    import pickle
+
+    m = create_model("resnet8", attention="se")
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert len(detach(other)) == 3
+        assert not any(mod._forward_hooks for mod in other.modules())
+    assert len(attached(m)) == 3 and sum(len(mod._forward_hooks) for mod in m.modules()) == 3
+
+
 def test_detach_restores_the_original_model():
     m = model_of("resnet50")
     names = [n for n, _ in m.named_parameters()]

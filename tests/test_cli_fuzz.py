@@ -290,6 +290,8 @@ def test_a_diverging_run_after_a_checkpoint_is_kept_for_resume(data, tmp_path, m
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and "epoch 2" in err and f"--resume {out}" in err, err
     assert json.loads(next(out.glob("runs/*/latest.json")).read_text())["epoch"] == 1
+    report = (out / "report.md").read_text()  # the kept folder says why it stopped
+    assert report.startswith("# Run stopped") and "epoch 2" in report and f"--resume {out}" in report
 
 
 def test_resume_of_an_interrupted_run_removes_stale_temporary_files(data, tmp_path, capsys):

@@ -32,7 +32,7 @@ CHANNELS = 16
 SIZE = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}
 
 #: module -> reason, per format; each must fail (strict xfail) until fixed
-KNOWN_FAILURES: dict[str, dict[str, str]] = {"onnx": {}, "torchscript": {}, "compile": {}}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {"onnx": {}, "onnx_legacy": {}, "torchscript": {}, "compile": {}}
 
 
 def _params(fmt: str):
@@ -69,6 +69,19 @@ def test_module_exports_to_onnx_with_dynamic_shapes(name, tmp_path):
     assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape), tuple(second_input(x).shape)]
     assert len(report.max_abs_diff) == 2 and max(report.max_abs_diff) <= 1e-4
 
+
+
+@pytest.mark.parametrize("name", _params("onnx_legacy"))
+def test_module_exports_with_the_torchscript_based_onnx_exporter(name, tmp_path):
+    """``dynamo=False`` (the exporter built on torch.jit.trace), dynamic batch and spatial
+    axes, onnxruntime against PyTorch at the export size and at another one."""
+    m, x = _module_and_input(name)
+    path = tmp_path / f"{name}.onnx"
+    report = export_onnx(m, x, path, exporter="legacy")
+    dims = onnx_input_dims(path)
+    assert isinstance(dims[0], str) and all(isinstance(d, str) for d in dims[2:]), dims
+    assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape), tuple(second_input(x).shape)]
+    assert max(report.max_abs_diff) <= 1e-4
 
 
 def test_fca_official_fixed_dct_size_exports_with_dynamic_spatial_size(tmp_path):

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = lines[0].strip() if lines else type(e).__name__
         if isinstance(e, PermissionError) and e.filename and str(e.filename) not in msg:
             msg += f": {e.filename}"
-        print(f"convattn {args.command}: error: {msg}{discard_new_runs()}", file=sys.stderr)
+        print(f"convattn {args.command}: error: {msg}{discard_new_runs(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convattn {args.command}: interrupted", file=sys.stderr)

@@ -64,6 +64,7 @@ from torch import nn
 
 from ..layers import AttentionModule, hidden_channels, unsqueeze_spatial
 from ..layers.dct import dct_basis_nd, dct_filters_traceable, fca_frequencies, scale_frequency
+from ..layers.ops import recording_graph
 from ..registry import register
 
 _ADAPTIVE_POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
@@ -73,7 +74,7 @@ def _symbolic_shapes(x: torch.Tensor) -> bool:
     """True while a tracer records the forward: torch.jit.trace (and the legacy ONNX
     exporter built on it), torch.compile, or torch.export / the dynamo ONNX exporter
     (fake tensors with SymInt sizes)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if recording_graph():
         return True
     for s in x.shape[2:]:
         if type(s) is not int:

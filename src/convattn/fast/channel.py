@@ -2,14 +2,16 @@
 
 Each is Y = X * gc with gc from the pooled vector(s) of X. With autograd the pooling
 and the product are native passes and gc is the module's own gate method under
-autograd (:func:`convattn.fast.gated.gated`); without autograd the whole module is
-one ``gate_eval`` kernel call (:func:`convattn.fast.plans.gate_plan`), whose MLP is
+autograd (:func:`convattn.fast.gated.gated`; ECA's conv as a window sum, which
+mirrors its ``gate_from_mean``); without autograd the whole module is one
+``gate_eval`` kernel call (:func:`convattn.fast.plans.gate_plan`), whose MLP is
 ReLU + sigmoid and whose 1-D conv is zero-padded, bias-free and sigmoid-gated.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attention.cbam import CBAMChannel
@@ -37,6 +39,25 @@ def se(m: SE, x: torch.Tensor):
     return plans.run_eval(m, x, _se_plan)
 
 
+def _eca_gate(m: ECA):
+    """``m.gate_from_mean`` as a k-tap window sum over the zero-padded pooled vector: the
+    cross-correlation of ``m.conv`` (stride 1, padding (k - 1) / 2, no bias) without
+    oneDNN's per-call setup on a (B, 1, C) input, forward and backward."""
+    conv = m.conv
+    k = conv.kernel_size[0]
+    if (type(conv) is not nn.Conv1d or conv.bias is not None or conv.stride != (1,) or conv.dilation != (1,)
+            or conv.groups != 1 or conv.padding_mode != "zeros" or tuple(conv.padding) != ((k - 1) // 2,)
+            or tuple(conv.weight.shape) != (1, 1, k)):
+        return m.gate_from_mean
+    p = (k - 1) // 2
+
+    def gate(z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
+        windows = F.pad(z, (p, p)).unfold(-1, k, 1)  # (B, C, k)
+        return torch.sigmoid((windows * conv.weight.view(k)).sum(-1))
+
+    return gate
+
+
 def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     conv = m.conv
     plans._exact(conv, nn.Conv1d, "ECA.conv")
@@ -56,7 +77,7 @@ def eca(m: ECA, x: torch.Tensor):
     if torch.is_grad_enabled():
         params = tuple(m.parameters())
         if wants_grad(x, params):
-            return gated(x, GateSpec(channel=m.gate_from_mean), params)
+            return gated(x, GateSpec(channel=_eca_gate(m)), params)
     return plans.run_eval(m, x, _eca_plan)
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..layers.ops import recording_graph
 from . import native
 
 #: the switch: None means "the environment decides" (:func:`enabled`)
@@ -89,7 +90,7 @@ def disabled() -> contextlib.AbstractContextManager[None]:
 
 def graph_capture() -> bool:
     """Whether a graph is being recorded or a dispatch / function mode is active (rule 3)."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if recording_graph():
         return True
     return torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
 

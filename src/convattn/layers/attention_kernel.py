@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .ops import recording_graph
+
 PATHS = ("auto", "matmul", "chunked", "sdpa")
 
 #: ``"auto"`` switches from the plain matmul to the chunked path at this many scores
@@ -98,10 +100,6 @@ def check_scale(owner: str, scale: float) -> float:
     return float(scale)
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-
-
 def select_path(n_queries: int, n_keys: int, path: str = "auto") -> str:
     """The path ``attention`` takes for ``n_queries`` x ``n_keys`` scores.
 
@@ -111,7 +109,7 @@ def select_path(n_queries: int, n_keys: int, path: str = "auto") -> str:
     """
     if path == "auto":
         path = "chunked" if n_queries * n_keys >= AUTO_CHUNKED_MIN_SCORES else "matmul"
-    if path == "chunked" and _tracing():
+    if path == "chunked" and recording_graph():
         return "sdpa"
     return path
 
@@ -438,7 +436,7 @@ def position_attention_channels(
             f"position_attention_channels: expected weight ({2 * d + C}, {C}) and bias ({2 * d + C},), "
             f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
-    if _tracing():
+    if recording_graph():
         return _position_plain(flat, weight, bias, d, residual)
     dev = flat.device.type
     if torch.is_autocast_enabled(dev):

@@ -63,3 +63,11 @@ def pointwise_mlp(
     h = torch.relu(h)
     out = torch.baddbmm(b2.view(1, -1, 1), w2.unsqueeze(0).expand(B, -1, -1), h)
     return out.view((B, out.shape[1]) + x.shape[2:])
+
+
+def recording_graph() -> bool:
+    """Whether a graph is being recorded: ``torch.jit`` trace or script (which the
+    TorchScript-based ONNX exporter uses), or dynamo (``torch.compile``, ``torch.export``,
+    the dynamo ONNX exporter). Code that takes a shortcut through non-standard ops or
+    Python control flow on values takes its standard-op form then."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()

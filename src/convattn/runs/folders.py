@@ -55,9 +55,10 @@ def new_run_dir(out: str | Path | None, command: str, root: str | Path = "runs")
     raise FileExistsError(f"could not find a free run folder name under {root}")
 
 
-def discard_new_runs() -> str:
+def discard_new_runs(error: str = "") -> str:
     """After an error: remove each run folder in :data:`NEW_RUNS` that holds no checkpoint (and the
-    parents made for it, if empty), keep the others.
+    parents made for it, if empty), keep the others; a kept folder without a ``report.md`` gets
+    one that says why the run stopped (``error``) and how to continue it.
 
     Returns what was done as a note to append to the one-line error ("" when no folder was made).
     """
@@ -67,6 +68,11 @@ def discard_new_runs() -> str:
         if not path.is_dir():
             continue
         if next(path.rglob("latest.json"), None) is not None:
+            if error and not (path / "report.md").exists():
+                text = (f"# Run stopped\n\n{error}\n\nThe checkpoints written before the error are kept: "
+                        f"`--resume {path}` continues from the last one (change what the error names first).\n")
+                data = text.encode()
+                atomic_write_bytes(path / "report.md", lambda f, data=data: f.write(data))
             notes.append(f"; the run folder {path} is kept with its checkpoints (--resume {path} continues it)")
             continue
         shutil.rmtree(path, ignore_errors=True)
