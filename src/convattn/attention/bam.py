@@ -164,7 +164,7 @@ class BAMSpatial(AttentionModule):
         self.check_input(x)
         s = torch.sigmoid(self.spatial(x))
         self.record("spatial", s)
-        return torch.addcmul(x, x, s.unsqueeze(1))
+        return x * (1 + s.unsqueeze(1))
 
 
 @register(
@@ -236,10 +236,7 @@ class BAM(AttentionModule):
         self.record("spatial", ms)
         mc, ms = unsqueeze_spatial(mc, nd), ms.unsqueeze(1)
         m = mc * ms if self.merge == "product" else mc + ms
-        if torch.is_grad_enabled():
-            return torch.addcmul(x, x, torch.sigmoid(m))
-        # no autograd: reuse the one full-size buffer for the gate and the output
-        return torch.addcmul(x, x, m.sigmoid_(), out=m)
+        return x * (1 + torch.sigmoid(m))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", merge={self.merge!r}"
