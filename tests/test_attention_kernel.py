@@ -69,7 +69,7 @@ def test_auto_picks_by_size():
 
 def test_chunked_becomes_sdpa_while_tracing(monkeypatch):
     n = math.isqrt(ak.AUTO_CHUNKED_MIN_SCORES - 1) + 1
-    monkeypatch.setattr(ak, "_tracing", lambda: True)
+    monkeypatch.setattr(ak, "recording_graph", lambda: True)
     assert ak.select_path(n, n) == "sdpa" and ak.select_path(8, 8, "chunked") == "sdpa"
     assert ak.select_path(8, 8) == "matmul" and ak.qk_width(n, n, 32, 256) == 256
 
