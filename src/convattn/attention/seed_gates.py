@@ -165,7 +165,4 @@ class ParallelGate(AttentionModule):
         as_ = self.spatial_gate(x)
         self.record("channel", ac)
         self.record("spatial", as_)
-        y = x * unsqueeze_spatial(ac, x.dim() - 2)
-        if torch.is_grad_enabled():
-            return y * as_.unsqueeze(1)
-        return y.mul_(as_.unsqueeze(1))
+        return x * unsqueeze_spatial(ac, x.dim() - 2) * as_.unsqueeze(1)
