@@ -12,9 +12,9 @@ from convattn import create_attention
 from convattn.attention.eca import eca_kernel_size
 
 
-def eca_reference(x, taps):
-    # y_c = 1/N sum_n x_cn ; w_c = sigmoid(sum_j k_j y_{c + j - p}) with y = 0 outside [0, C) ;
-    # out_cn = x_cn w_c
+def eca_reference(x, taps, circular=False):
+    # y_c = 1/N sum_n x_cn ; w_c = sigmoid(sum_j k_j y_{c + j - p}) with y = 0 outside [0, C)
+    # (circular: y_{c mod C}) ; out_cn = x_cn w_c
     B, C = x.shape[:2]
     k = len(taps)
     p = (k - 1) // 2
@@ -25,7 +25,9 @@ def eca_reference(x, taps):
             acc = 0.0
             for j in range(k):
                 src = c + j - p
-                if 0 <= src < C:
+                if circular:
+                    acc = acc + taps[j] * y[b, src % C]
+                elif 0 <= src < C:
                     acc = acc + taps[j] * y[b, src]
             w[b, c] = 1 / (1 + math.exp(-float(acc)))
     return x * w.reshape(B, C, *([1] * (x.dim() - 2)))
@@ -102,3 +104,56 @@ def test_eca_parity_with_timm(C):
         theirs.conv.weight.copy_(ours.conv.weight)
         x = torch.randn(2, C, 6, 5)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_circular_eca_matches_equation(k):
+    m = randomize(create_attention("eca", 20, kernel_size=k, padding="circular")).double().eval()
+    x = torch.randn(2, 20, 5, 6, dtype=torch.float64)
+    ref = eca_reference(x, m.conv.weight.reshape(-1).tolist(), circular=True)
+    torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_eca_matches_equation():
+    # w = sigmoid(Conv_k^{r -> 1}(relu(Conv_1^{1 -> r}(y) + a)) + b) across channels, zero padding
+    m = randomize(create_attention("eca", 64, mlp=True)).double().eval()
+    x = torch.randn(2, 64, 4, 5, dtype=torch.float64)
+    y = x.mean((2, 3))  # (B, C)
+    r, k = m.conv.out_channels, m.kernel_size
+    assert r == 8 and k == 3  # make_divisible(64 / 8, 8); adaptive k for 64 channels
+    h = torch.relu(m.conv.weight.view(1, r, 1) * y.unsqueeze(1) + m.conv.bias.view(1, r, 1))  # (B, r, C)
+    hp = torch.nn.functional.pad(h, ((k - 1) // 2, (k - 1) // 2))
+    logits = sum((m.conv2.weight[0, :, j].view(1, r, 1) * hp[:, :, j : j + 64]).sum(1) for j in range(k))
+    ref = x * torch.sigmoid(logits + m.conv2.bias).view(2, 64, 1, 1)
+    torch.testing.assert_close(m(x), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("C", [64, 256])
+def test_timm_ceca_and_ecam_parity(C):
+    """timm's CecaModule (key ceca) is padding="circular"; EcaModule(use_mlp=True) (key ecam) is mlp=True."""
+    layers = pytest.importorskip("timm.layers")
+    eca = pytest.importorskip("timm.layers.eca")
+    x = torch.randn(2, C, 6, 5)
+    ours = randomize(create_attention("eca", C, padding="circular")).eval()
+    theirs = eca.CecaModule(C).eval()
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+    with torch.no_grad():
+        theirs.conv.weight.copy_(ours.conv.weight)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+    ours = randomize(create_attention("eca", C, mlp=True)).eval()
+    theirs = layers.EcaModule(C, use_mlp=True).eval()
+    names = [n for n, _ in theirs.named_parameters()]
+    assert names == [n for n, _ in ours.named_parameters()] == ["conv.weight", "conv.bias", "conv2.weight", "conv2.bias"]
+    with torch.no_grad():
+        theirs.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+def test_eca_variant_option_errors():
+    with pytest.raises(ValueError, match="padding must be one of 'zeros', 'circular'"):
+        create_attention("eca", 32, padding="reflect")
+    with pytest.raises(ValueError, match="mlp must be True or False"):
+        create_attention("eca", 32, mlp=1)
+    with pytest.raises(ValueError, match="mlp_ratio must be a positive number"):
+        create_attention("eca", 32, mlp=True, mlp_ratio=0)
+

@@ -98,6 +98,8 @@ NON_DEFAULT = [
     ("se", {"hidden": 3}),
     ("eca", {"kernel_size": 7}),
     ("eca", {"kernel_size": 1}),
+    ("eca", {"padding": "circular"}),
+    ("eca", {"mlp": True}),
     ("cbam_channel", {"reduction": 2}),
     ("cbam_spatial", {"kernel_size": 3, "pool_order": "mean_max"}),
     ("cbam_spatial", {"kernel_size": 5, "dims": 1}),

@@ -35,6 +35,15 @@ the released model stage by stage).
 
 A fast CPU implementation of this maths is registered in :mod:`convattn.fast.channel`.
 
+Two variants that timm ships (neither is in the paper) are options:
+
+- ``padding="circular"``: the channel sequence wraps around (timm's ``CecaModule``,
+  key ``ceca``): the first and last channels are neighbours;
+- ``mlp=True``: the k-tap conv is preceded by a 1x1 conv 1 -> r with bias and a ReLU,
+  and itself maps r -> 1 with bias, r = ``make_divisible(C * mlp_ratio, 8)``,
+  ``mlp_ratio = 1/8`` (timm's ``EcaModule(use_mlp=True)``, key ``ecam``; "a timm
+  experiment, not in paper" in timm's own words).
+
 Deviations: none in the maths. Works on 1D, 2D and 3D inputs (the pooling is over
 every spatial dim; the convolution runs across channels, so it does not depend on
 the number of spatial dims).
@@ -45,10 +54,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AttentionModule, spatial_mean, unsqueeze_spatial
+from ..layers import AttentionModule, make_divisible, spatial_mean, unsqueeze_spatial
 from ..registry import register
+
+_PADDINGS = ("zeros", "circular")
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1, min_size: int = 3) -> int:
@@ -72,7 +84,8 @@ def eca_kernel_size(channels: int, gamma: float = 2, b: float = 1, min_size: int
         Y = X * w
     """,
     url="https://arxiv.org/abs/1910.03151",
-    notes="k rounded as timm's EcaModule: t = int((log2 C + b) / gamma), odd-up, min 3.",
+    notes="k rounded as timm's EcaModule: t = int((log2 C + b) / gamma), odd-up, min 3. "
+          "padding='circular' is timm's ceca, mlp=True timm's ecam (neither in the paper).",
 )
 class ECA(AttentionModule):
     """Efficient Channel Attention: a k-tap 1D convolution across pooled channels.
@@ -81,10 +94,27 @@ class ECA(AttentionModule):
         channels: input channels C.
         kernel_size: explicit odd k; ``None`` (default) picks k from C (see module doc).
         gamma, b: the mapping constants of the adaptive k (paper: 2 and 1).
+        padding: ``"zeros"`` (default, the paper's) or ``"circular"`` (timm's ``ceca``).
+        mlp: a 1 -> r -> 1 conv bottleneck across channels instead of the single conv
+            (timm's ``ecam``; default False).
+        mlp_ratio: r = ``make_divisible(C * mlp_ratio, 8)`` with ``mlp`` (default 1/8).
     """
 
-    def __init__(self, channels: int, kernel_size: int | None = None, gamma: float = 2, b: float = 1) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int | None = None,
+        gamma: float = 2,
+        b: float = 1,
+        padding: str = "zeros",
+        mlp: bool = False,
+        mlp_ratio: float = 1 / 8,
+    ) -> None:
         super().__init__(channels)
+        if padding not in _PADDINGS:
+            raise ValueError(f"{self._owner()}: padding must be one of {', '.join(map(repr, _PADDINGS))}, got {padding!r}")
+        if not isinstance(mlp, bool):
+            raise ValueError(f"{self._owner()}: mlp must be True or False, got {mlp!r}")
         if kernel_size is None:
             for name, v in (("gamma", gamma), ("b", b)):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -97,12 +127,24 @@ class ECA(AttentionModule):
                 f"{self._owner()}: kernel_size must be a positive odd int (1, 3, 5, ...) or None "
                 f"for the adaptive size, got {kernel_size!r}"
             )
-        self.kernel_size = kernel_size
-        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.kernel_size, self.padding = kernel_size, padding
+        pad = (kernel_size - 1) // 2
+        if mlp:
+            if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+                raise ValueError(f"{self._owner()}: mlp_ratio must be a positive number, got {mlp_ratio!r}")
+            width = make_divisible(channels * mlp_ratio, 8)
+            self.conv = nn.Conv1d(1, width, 1, bias=True)
+            self.conv2 = nn.Conv1d(width, 1, kernel_size, padding=pad, padding_mode=padding, bias=True)
+        else:
+            self.conv = nn.Conv1d(1, 1, kernel_size, padding=pad, padding_mode=padding, bias=False)
+            self.conv2 = None
 
     def gate_from_mean(self, z: torch.Tensor, _unused: torch.Tensor | None = None) -> torch.Tensor:
         """w from the pooled vector z = GAP(X), (B, C)."""
-        return torch.sigmoid(self.conv(z.unsqueeze(1))).squeeze(1)
+        y = self.conv(z.unsqueeze(1))
+        if self.conv2 is not None:
+            y = self.conv2(F.relu(y))
+        return torch.sigmoid(y).squeeze(1)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights w, shape (B, C)."""
@@ -115,4 +157,6 @@ class ECA(AttentionModule):
         return x * unsqueeze_spatial(w, x.dim() - 2)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, kernel_size={self.kernel_size}"
+        extra = f", padding={self.padding!r}" if self.padding != "zeros" else ""
+        extra += f", mlp_width={self.conv.out_channels}" if self.conv2 is not None else ""
+        return f"{super().extra_repr()}, kernel_size={self.kernel_size}{extra}"

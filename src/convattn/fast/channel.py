@@ -45,7 +45,7 @@ def _eca_gate(m: ECA):
     oneDNN's per-call setup on a (B, 1, C) input, forward and backward."""
     conv = m.conv
     k = conv.kernel_size[0]
-    if (type(conv) is not nn.Conv1d or conv.bias is not None or conv.stride != (1,) or conv.dilation != (1,)
+    if (m.conv2 is not None or type(conv) is not nn.Conv1d or conv.bias is not None or conv.stride != (1,) or conv.dilation != (1,)
             or conv.groups != 1 or conv.padding_mode != "zeros" or tuple(conv.padding) != ((k - 1) // 2,)
             or tuple(conv.weight.shape) != (1, 1, k)):
         return m.gate_from_mean
@@ -59,6 +59,8 @@ def _eca_gate(m: ECA):
 
 
 def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
+    if m.conv2 is not None:
+        raise plans.Decline("ECA with mlp=True: the kernel implements the single conv")
     conv = m.conv
     plans._exact(conv, nn.Conv1d, "ECA.conv")
     k = conv.kernel_size[0]
@@ -70,8 +72,9 @@ def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 
 @register(
     ECA,
-    declares="ECA: X * sigmoid(conv1d_k(GAP X)) across channels, zero padding (k - 1) / 2, no bias",
-    mirrors={"forward": "a5ff6470c8ca", "gate": "a98ee8029c53", "gate_from_mean": "d7f5927e3fd5"},
+    declares="ECA: X * sigmoid(conv1d_k(GAP X)) across channels, zero padding (k - 1) / 2, no bias "
+             "(the eval kernel; circular padding and mlp=True are trained on the autograd path)",
+    mirrors={"forward": "a5ff6470c8ca", "gate": "a98ee8029c53", "gate_from_mean": "4b5b3dcf3c1b"},
 )
 def eca(m: ECA, x: torch.Tensor):
     if torch.is_grad_enabled():
