@@ -31,6 +31,9 @@ TIMM_PEERS: dict[str, str] = {
     "cbam": "timm.layers.cbam.CbamModule",
     "ge": "timm.layers.gather_excite.GatherExcite",
     "coord": "timm.layers.coord_attn.CoordAttn",
+    "ela": "timm.layers.coord_attn.EfficientLocalAttn",
+    "strip": "timm.layers.coord_attn.StripAttn",
+    "scoord": "timm.layers.coord_attn.SimpleCoordAttn",
     "gc": "timm.layers.global_context.GlobalContext",
     "nonlocal": "timm.layers.non_local_attn.NonLocalAttn",
 }
@@ -159,6 +162,12 @@ def build_timm_peer(name: str, ours: nn.Module, channels: int) -> nn.Module:
         return cls(channels, fuse_add=True, fuse_scale=False, rd_channels=w or channels // 16)
     if name == "nonlocal":
         return cls(channels, rd_channels=w or channels // 2)
+    if name == "ela":  # timm's configuration (separate convs and norms); ours may share them
+        return cls(channels, kernel_size=ours.kernel_size)
+    if name == "strip":
+        return cls(channels, use_conv=ours.conv_h is not None, kernel_size=ours.kernel_size)
+    if name == "scoord":
+        return cls(channels, rd_channels=ours.fc1.out_features)
     raise ValueError(f"timm has no peer for {name!r}; peers: {', '.join(TIMM_PEERS)}")
 
 
