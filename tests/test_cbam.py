@@ -241,3 +241,34 @@ def test_cbam_spatial_parity_with_timm_gate():
             getattr(theirs.conv.bn, name).copy_(getattr(ours.bn, name))
         x = torch.randn(2, 16, 12, 10)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+
+
+def test_light_cbam_matches_equation_and_timm():
+    """lcbam: M_c from the averaged pools, M_s from the averaged channel pools of X * M_c;
+    timm's LightCbamModule with the weights copied, in eval and with BN batch statistics."""
+    m = randomize(create_attention("lcbam", 64)).double().eval()
+    x = torch.randn(2, 64, 9, 7, dtype=torch.float64)
+    z = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+    mc = torch.sigmoid(torch.relu(z @ m.fc1.weight.T) @ m.fc2.weight.T)
+    x1 = x * mc[:, :, None, None]
+    p = 0.5 * (x1.mean(1, keepdim=True) + x1.amax(1, keepdim=True))
+    v = torch.nn.functional.conv2d(p, m.conv.weight, padding=3)
+    bn = m.bn
+    ms = torch.sigmoid((v - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias)
+    torch.testing.assert_close(m(x), x1 * ms, rtol=1e-12, atol=1e-12)
+    assert sum(q.numel() for q in m.parameters()) == 2 * 64 * 4 + 49 + 2  # hidden round(64 / 16) = 4
+
+    cbam = pytest.importorskip("timm.layers.cbam")
+    ours = randomize(create_attention("lcbam", 64)).eval()
+    theirs = cbam.LightCbamModule(64).eval()
+    with torch.no_grad():
+        theirs.channel.fc1.weight.copy_(ours.fc1.weight[:, :, None, None])
+        theirs.channel.fc2.weight.copy_(ours.fc2.weight[:, :, None, None])
+        theirs.spatial.conv.conv.weight.copy_(ours.conv.weight)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(theirs.spatial.conv.bn, name).copy_(getattr(ours.bn, name))
+        xf = torch.randn(3, 64, 10, 11)
+        torch.testing.assert_close(ours(xf), theirs(xf), rtol=1e-5, atol=1e-6)
+        ours.train(), theirs.train()
+        torch.testing.assert_close(ours(xf), theirs(xf), rtol=1e-5, atol=1e-5)
+    assert sum(q.numel() for q in theirs.parameters()) == sum(q.numel() for q in ours.parameters())

@@ -15,7 +15,8 @@ Forward, X of shape (B, C, *S) (S = (L,), (H, W) or (D, H, W))::
     Y = X1 * M_s                                                      (B, C, *S)
 
 Three registered modules: ``cbam_channel`` (Y = X * M_c), ``cbam_spatial``
-(Y = X * M_s computed from X) and ``cbam`` (the sequential pair above).
+(Y = X * M_s computed from X) and ``cbam`` (the sequential pair above); ``lcbam``
+is timm's lighter variant (each gate's two pools averaged into one input).
 
 Defaults as the official code:
 
@@ -51,6 +52,7 @@ from ..layers import (
     batch_norm_nd,
     conv_nd,
     hidden_channels,
+    make_divisible,
     spatial_amax,
     spatial_mean,
     unsqueeze_spatial,
@@ -257,3 +259,62 @@ class CBAM(AttentionModule):
         self.record("channel", mc)
         self.record("spatial", ms)
         return x1 * ms.unsqueeze(1)
+
+
+@register(
+    "lcbam",
+    family="combined",
+    paper="Light CBAM (timm's LightCbamModule; no paper)",
+    authors="Wightman (timm)",
+    venue="timm",
+    year=2025,
+    dims=(2,),
+    equation="""
+        M_c = sigmoid(W2 relu(W1 (GAP X + GMP X) / 2)),  W1: C/r x C, no biases
+        X1 = X * M_c
+        M_s = sigmoid(BN(Conv_kxk((mean_c X1 + max_c X1) / 2))),  1 -> 1 channel, no bias
+        Y = X1 * M_s
+    """,
+    url="https://github.com/huggingface/pytorch-image-models/blob/main/timm/layers/cbam.py",
+    notes="timm's LightCbamModule with its defaults: one MLP on the averaged pools, one conv on "
+          "the averaged channel pools; hidden width round(C / 16), no MLP biases, BN momentum 0.1.",
+)
+class LightCBAM(AttentionModule):
+    """CBAM with each gate's two pools averaged into one input (2-D).
+
+    Args:
+        channels: input channels C.
+        reduction: hidden width ``round(C / reduction)``, at least 1 (default 16, timm's).
+        hidden: explicit hidden width (overrides ``reduction``).
+        kernel_size: k of the spatial conv, odd (default 7).
+    """
+
+    def __init__(self, channels: int, reduction: float = 16, hidden: int | None = None, kernel_size: int = 7) -> None:
+        super().__init__(channels)
+        owner = self._owner()
+        if hidden is None:
+            if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not reduction > 0:
+                raise ValueError(f"{owner}: reduction must be a positive number, got {reduction!r}")
+            hidden = make_divisible(channels / reduction, 1, round_limit=0.0)
+        width = hidden_channels(owner, channels, None, hidden)
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"{owner}: kernel_size must be a positive odd int (e.g. 3 or 7), got {kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.fc1 = nn.Linear(channels, width, bias=False)
+        self.fc2 = nn.Linear(width, channels, bias=False)
+        self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        z = 0.5 * (spatial_mean(x) + spatial_amax(x))
+        mc = torch.sigmoid(self.fc2(F.relu(self.fc1(z))))
+        x1 = x * unsqueeze_spatial(mc, 2)
+        p = 0.5 * (x1.mean(1, keepdim=True) + x1.amax(1, keepdim=True))
+        ms = torch.sigmoid(self.bn(self.conv(p))).squeeze(1)
+        self.record("channel", mc)
+        self.record("spatial", ms)
+        return x1 * ms.unsqueeze(1)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, hidden={self.fc1.out_features}, kernel_size={self.kernel_size}"

@@ -168,6 +168,8 @@ def build_timm_peer(name: str, ours: nn.Module, channels: int) -> nn.Module:
         return cls(channels, use_conv=ours.conv_h is not None, kernel_size=ours.kernel_size)
     if name == "scoord":
         return cls(channels, rd_channels=ours.fc1.out_features)
+    if name == "lcbam":
+        return cls(channels, rd_channels=ours.fc1.out_features, spatial_kernel_size=ours.kernel_size)
     raise ValueError(f"timm has no peer for {name!r}; peers: {', '.join(TIMM_PEERS)}")
 
 
