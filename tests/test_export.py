@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize
+from conftest import narrow_options, randomize
 
 from convattn import cli, create_attention, get_spec, list_attention
 from convattn.export import (
@@ -48,7 +48,7 @@ def _module_and_input(name: str):
     spec = get_spec(name)
     d = 2 if 2 in spec.dims else spec.dims[0]
     # random weights: zero-initialised scales (GCT, DANet, GC) would hide whole branches
-    m = randomize(create_attention(name, CHANNELS, dims=d)).eval()
+    m = randomize(create_attention(name, CHANNELS, dims=d, **narrow_options(name, CHANNELS))).eval()
     g = torch.Generator().manual_seed(0)
     return m, torch.randn((2, CHANNELS) + SIZE[d], generator=g)
 
