@@ -505,3 +505,22 @@ def test_the_binding_is_read_from_the_c_headers():
     assert fields[:5] == ["B", "C", "S", "H", "W"] and fields[-1] == "lb" and "s_bn_var" in fields
     assert ctypes.sizeof(native.GateEvalArgs) == 8 * len(fields)  # every field 8 bytes, as in C
     assert (native.PRODUCT, native.SUM, native.MAX) == (0, 1, 2)
+
+
+def test_without_source_to_check_the_fast_path_is_declined(monkeypatch):
+    """The fingerprints need the modules' source; where it cannot be read (a frozen
+    install), the fast path is declined rather than trusted."""
+    path = fast.registered()[SE]
+    monkeypatch.setattr(path, "_checked", False)
+    monkeypatch.setattr(path, "_drift", None)
+
+    def no_source(*args, **kwargs):
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(select.inspect, "getsource", no_source)
+    m = create_attention("se", 16)
+    x = torch.randn(2, 16, 4, 4)
+    assert fast.path_of(m, x) == "plain: the code convattn.fast.channel mirrors cannot be read (OSError)"
+    with fast.disabled():
+        ref = m(x)
+    torch.testing.assert_close(m(x), ref)

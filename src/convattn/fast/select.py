@@ -134,7 +134,12 @@ class FastPath:
     def drift(self) -> str | None:
         """None while every mirrored method has its recorded fingerprint, else what changed."""
         if not self._checked:
-            changed = [label for label, fn, expected in self.functions() if fingerprint(fn) != expected]
+            try:
+                changed = [label for label, fn, expected in self.functions() if fingerprint(fn) != expected]
+            except (OSError, TypeError, SyntaxError) as exc:  # no source to read (a frozen install)
+                self._drift = f"the code {self.where} mirrors cannot be read ({type(exc).__name__})"
+                self._checked = True
+                return self._drift
             if changed:
                 names = ", ".join(changed)
                 self._drift = f"{names} changed since the fast path in {self.where} was written"
