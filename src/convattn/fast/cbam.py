@@ -62,8 +62,8 @@ def cbam_spatial(m: CBAMSpatial, x: torch.Tensor):
 
 def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     ch, sp = m.channel, m.spatial
-    plans._exact(ch, CBAMChannel, "CBAM.channel")
-    plans._exact(sp, CBAMSpatial, "CBAM.spatial")
+    plans.exact(ch, CBAMChannel, "CBAM.channel")
+    plans.exact(sp, CBAMSpatial, "CBAM.spatial")
     return plans.gate_plan(x, m, mlp=(ch.fc1, ch.fc2), mlp_max=True,
                            spatial_conv=(sp.conv, sp.bn, sp.pool_order == "max_mean"), sequential=True)
 
@@ -72,7 +72,12 @@ def _cbam_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     CBAM,
     declares="CBAM: X1 = X * M_c (CBAM channel gate), Y = X1 * M_s(X1) (CBAM spatial gate); "
              "one kernel call in eval for 2-D inputs",
-    mirrors={"forward": "1314707d47a0", (CBAMChannel, "gate"): "947ed0f403a3", (CBAMChannel, "gate_from_pools"): "7582e6498669", **_SPATIAL},
+    mirrors={
+        "forward": "1314707d47a0",
+        (CBAMChannel, "gate"): "947ed0f403a3",
+        (CBAMChannel, "gate_from_pools"): "7582e6498669",
+        **_SPATIAL,
+    },
 )
 def cbam(m: CBAM, x: torch.Tensor):
     if x.dim() == 4 and not torch.is_grad_enabled():  # the plan checks the gates, declines a BN in training

@@ -45,8 +45,9 @@ def _eca_gate(m: ECA):
     oneDNN's per-call setup on a (B, 1, C) input, forward and backward."""
     conv = m.conv
     k = conv.kernel_size[0]
-    if (m.conv2 is not None or type(conv) is not nn.Conv1d or conv.bias is not None or conv.stride != (1,) or conv.dilation != (1,)
-            or conv.groups != 1 or conv.padding_mode != "zeros" or tuple(conv.padding) != ((k - 1) // 2,)
+    if (m.conv2 is not None or type(conv) is not nn.Conv1d or conv.bias is not None
+            or conv.stride != (1,) or conv.dilation != (1,) or conv.groups != 1
+            or conv.padding_mode != "zeros" or tuple(conv.padding) != ((k - 1) // 2,)
             or tuple(conv.weight.shape) != (1, 1, k)):
         return m.gate_from_mean
     p = (k - 1) // 2
@@ -62,11 +63,11 @@ def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     if m.conv2 is not None:
         raise plans.Decline("ECA with mlp=True: the kernel implements the single conv")
     conv = m.conv
-    plans._exact(conv, nn.Conv1d, "ECA.conv")
+    plans.exact(conv, nn.Conv1d, "ECA.conv")
     k = conv.kernel_size[0]
     if conv.bias is not None:
         raise plans.Decline("ECA.conv has a bias; the kernel implements a bias-free conv")
-    plans._conv_config(conv, "ECA.conv", ((k - 1) // 2,))
+    plans.conv_config(conv, "ECA.conv", ((k - 1) // 2,))
     return plans.gate_plan(x, m, conv1d=(conv, k))
 
 

@@ -73,7 +73,7 @@ def _structure(m: CoordAttention, x: torch.Tensor) -> str | None:
         if type(conv) is not torch.nn.Conv2d or tuple(conv.weight.shape) != shape or conv.bias is None:
             return f"{name} is not a 1x1 nn.Conv2d with bias of shape {shape}"
         try:
-            plans._conv_config(conv, name, (0, 0))
+            plans.conv_config(conv, name, (0, 0))
         except plans.Decline as why:
             return str(why)
     return None

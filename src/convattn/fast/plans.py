@@ -205,12 +205,12 @@ class _Operands:
         return t.data_ptr()
 
 
-def _exact(layer: object, cls: type, where: str) -> None:
+def exact(layer: object, cls: type, where: str) -> None:
     if type(layer) is not cls:
         raise Decline(f"{where} is a {type(layer).__name__}, the kernel implements {cls.__name__}")
 
 
-def _conv_config(conv: nn.Module, where: str, padding: tuple[int, ...]) -> None:
+def conv_config(conv: nn.Module, where: str, padding: tuple[int, ...]) -> None:
     """A conv with stride 1, no dilation, one group, zero padding of ``padding``."""
     n = len(padding)
     if (conv.stride != (1,) * n or conv.dilation != (1,) * n or conv.groups != 1
@@ -230,8 +230,8 @@ def _bn_ready(bn: nn.Module, where: str, channels: int) -> None:
 
 def _mlp(ops: _Operands, a: native.GateEvalArgs, fc1: nn.Module, fc2: nn.Module, C: int, where: str) -> None:
     """W1 (H, C), b1 (H,), W2 (C, H), b2 (C,) of two ``nn.Linear`` (biases optional)."""
-    _exact(fc1, nn.Linear, f"{where}.fc1")
-    _exact(fc2, nn.Linear, f"{where}.fc2")
+    exact(fc1, nn.Linear, f"{where}.fc1")
+    exact(fc2, nn.Linear, f"{where}.fc2")
     H = fc1.out_features
     a.hidden = H
     a.w1 = ops.ptr(fc1, "weight", (H, C), at=f"{where}.fc1")
@@ -285,12 +285,12 @@ def gate_plan(
         conv, bn, max_first = spatial_conv
         if x.dim() != 4:
             raise Decline(f"{where}: the spatial-gate kernel is 2-D only")
-        _exact(conv, nn.Conv2d, f"{where}.conv")
-        _exact(bn, nn.BatchNorm2d, f"{where}.bn")
+        exact(conv, nn.Conv2d, f"{where}.conv")
+        exact(bn, nn.BatchNorm2d, f"{where}.bn")
         k = conv.kernel_size[0]
         if conv.kernel_size != (k, k) or k % 2 == 0:
             raise Decline(f"{where}.conv: the kernel implements square odd kernels, got {conv.kernel_size}")
-        _conv_config(conv, f"{where}.conv", (k // 2, k // 2))
+        conv_config(conv, f"{where}.conv", (k // 2, k // 2))
         _bn_ready(bn, f"{where}.bn", 1)
         bns.append(bn)
         a.sp_kind, a.k2 = native.GE_SP_CONV, k
@@ -303,7 +303,7 @@ def gate_plan(
         a.s_cbias = ops.ptr(conv, "bias", (1,), optional=True, at=f"{where}.conv")
         a.s_eps = bn.eps
     elif linear is not None:
-        _exact(linear, nn.Linear, f"{where}.proj")
+        exact(linear, nn.Linear, f"{where}.proj")
         a.sp_kind = native.GE_SP_LINEAR
         a.lw = ops.ptr(linear, "weight", (1, C), at=f"{where}.proj")
         a.lb = ops.ptr(linear, "bias", (1,), optional=True, at=f"{where}.proj")
@@ -329,13 +329,13 @@ def coord_plan(x: torch.Tensor, owner: nn.Module) -> Plan:
     where = type(owner).__name__
     C = x.shape[1]
     conv1, bn, conv_h, conv_w = owner.conv1, owner.bn1, owner.conv_h, owner.conv_w
-    _exact(owner.act, nn.Hardswish, f"{where}.act")
+    exact(owner.act, nn.Hardswish, f"{where}.act")
     for name, conv in (("conv1", conv1), ("conv_h", conv_h), ("conv_w", conv_w)):
-        _exact(conv, nn.Conv2d, f"{where}.{name}")
+        exact(conv, nn.Conv2d, f"{where}.{name}")
         if conv.kernel_size != (1, 1):
             raise Decline(f"{where}.{name}: the kernel implements 1x1 convs")
-        _conv_config(conv, f"{where}.{name}", (0, 0))
-    _exact(bn, nn.BatchNorm2d, f"{where}.bn1")
+        conv_config(conv, f"{where}.{name}", (0, 0))
+    exact(bn, nn.BatchNorm2d, f"{where}.bn1")
     m = conv1.out_channels
     _bn_ready(bn, f"{where}.bn1", m)
     ops = _Operands(x.dtype)
@@ -367,9 +367,9 @@ def triplet_plan(x: torch.Tensor, owner: nn.Module, gates: Sequence[nn.Module], 
     where = type(owner).__name__
     ops = _Operands(x.dtype)
     for g in gates:
-        _exact(g.conv, nn.Conv2d, f"{where}.conv")
-        _exact(g.bn, nn.BatchNorm2d, f"{where}.bn")
-        _conv_config(g.conv, f"{where}.conv", ((k - 1) // 2, (k - 1) // 2))
+        exact(g.conv, nn.Conv2d, f"{where}.conv")
+        exact(g.bn, nn.BatchNorm2d, f"{where}.bn")
+        conv_config(g.conv, f"{where}.conv", ((k - 1) // 2, (k - 1) // 2))
         _bn_ready(g.bn, f"{where}.bn", 1)
         if g.conv.bias is not None:
             raise Decline(f"{where}.conv has a bias; the kernel implements bias-free gate convs")

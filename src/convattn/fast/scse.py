@@ -34,7 +34,12 @@ def _sse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 @register(
     SSE,
     declares="sSE: X * sigmoid(proj(X)) over channels, proj nn.Linear(C, 1); 1-3 spatial dims",
-    mirrors={"forward": "d924cdffb819", "gate": "4b61601e77b0", "gate_from_logits": "d563f730861b", (_scse, "sse_gate"): "36b95d7e8161"},
+    mirrors={
+        "forward": "d924cdffb819",
+        "gate": "4b61601e77b0",
+        "gate_from_logits": "d563f730861b",
+        (_scse, "sse_gate"): "36b95d7e8161",
+    },
 )
 def sse(m: SSE, x: torch.Tensor):
     if torch.is_grad_enabled():
@@ -54,8 +59,13 @@ def _scse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
 @register(
     SCSE,
     declares="scSE: max(X s, X q) or X (s + q), s = sigmoid(fc2 relu fc1 GAP X), q = sigmoid(proj X)",
-    mirrors={"forward": "822eb6d1cc86", "gates": "886c8c71d720", "channel_gate_from_mean": "32be913567b5", "spatial_gate_from_logits": "d563f730861b",
-             (_scse, "sse_gate"): "36b95d7e8161"},
+    mirrors={
+        "forward": "822eb6d1cc86",
+        "gates": "886c8c71d720",
+        "channel_gate_from_mean": "32be913567b5",
+        "spatial_gate_from_logits": "d563f730861b",
+        (_scse, "sse_gate"): "36b95d7e8161",
+    },
 )
 def scse(m: SCSE, x: torch.Tensor):
     if torch.is_grad_enabled():

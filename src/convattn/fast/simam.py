@@ -37,7 +37,11 @@ class _SimAMFn(torch.autograd.Function):
 @register(
     SimAM,
     declares="SimAM: X * sigmoid(d / (4 (v + lambda)) + 0.5), d = (X - mean_S X)^2, v = sum_S d / (N - 1)",
-    mirrors={"forward": "d72d2160d97a", (_simam, "simam_gate"): "fde6ab577a17", (_simam, "_n_minus_one"): "81decd624705"},
+    mirrors={
+        "forward": "d72d2160d97a",
+        (_simam, "simam_gate"): "fde6ab577a17",
+        (_simam, "_n_minus_one"): "81decd624705",
+    },
 )
 def simam(m: SimAM, x: torch.Tensor):
     if math.prod(x.shape[2:]) < 2:

@@ -104,7 +104,12 @@ def _triplet_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     TripletAttention,
     declares="triplet attention: X * (a_cw + a_hc + a_hw) / 3 (or / 2 without the H x W branch), each "
              "a = sigmoid(bn(conv2d_k([max; mean]))); 2-D",
-    mirrors={"forward": "8ecdf3ec659f", "gates": "9820010f67cf", (ZPoolGate, "forward"): "cd6d0496351d", (_triplet, "z_pools"): "7898778243a6"},
+    mirrors={
+        "forward": "8ecdf3ec659f",
+        "gates": "9820010f67cf",
+        (ZPoolGate, "forward"): "cd6d0496351d",
+        (_triplet, "z_pools"): "7898778243a6",
+    },
     dims=(2,),
 )
 def triplet(m: TripletAttention, x: torch.Tensor):
