@@ -264,3 +264,14 @@ def test_benchmark_timer_imports_without_the_cuda_warning():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["Timer", "True"]
     assert "No CUDA runtime" not in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("name", [n for n in ("ela", "strip", "scoord", "lcbam") if timm_peer_available(n, 2)])
+def test_timm_peers_of_the_timm_variants_have_our_parameter_count(name):
+    """ela's peer is timm's configuration, which ELA.timm builds; the others' defaults are timm's."""
+    from convattn.attention.ela import ELA
+
+    ours = ELA.timm(64) if name == "ela" else create_attention(name, 64)
+    peer = build_timm_peer(name, ours, 64)
+    assert sum(p.numel() for p in peer.parameters()) == sum(p.numel() for p in ours.parameters())
+    assert peer(torch.randn(2, 64, 6, 6)).shape == (2, 64, 6, 6)

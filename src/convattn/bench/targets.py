@@ -34,6 +34,7 @@ TIMM_PEERS: dict[str, str] = {
     "ela": "timm.layers.coord_attn.EfficientLocalAttn",
     "strip": "timm.layers.coord_attn.StripAttn",
     "scoord": "timm.layers.coord_attn.SimpleCoordAttn",
+    "lcbam": "timm.layers.cbam.LightCbamModule",
     "gc": "timm.layers.global_context.GlobalContext",
     "nonlocal": "timm.layers.non_local_attn.NonLocalAttn",
 }
