@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import narrow_options
+from conftest import narrow_options, randomize
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -57,17 +57,7 @@ class _Kernels:
 
 
 def _randomized(m: nn.Module, dtype=torch.float64) -> nn.Module:
-    torch.manual_seed(0)
-    m = m.to(dtype)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.5)
-        for name, b in m.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                b.normal_(0, 0.2)
-    return m
+    return randomize(m.to(dtype))
 
 
 def _same_as_plain(m: nn.Module, x: torch.Tensor, train: bool) -> None:

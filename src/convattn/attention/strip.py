@@ -41,6 +41,17 @@ _TIMM = dict(
 )
 
 
+class _StripGate(AttentionModule):
+    """Y = X * g with g = ``self.gate(x)`` (B, C, H, W), the subclass's gate of the strips."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        g = self.gate(x)
+        if self._map_sink is not None:
+            self.record("spatial", g.mean(1))
+        return x * g
+
+
 def _depthwise_1d(channels: int, kernel_size: int) -> nn.Conv1d:
     return nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
 
@@ -57,7 +68,7 @@ def _depthwise_1d(channels: int, kernel_size: int) -> nn.Conv1d:
     notes="timm's StripAttn with its defaults (use_conv=True, kernel_size=3, no bias).",
     **_TIMM,
 )
-class StripAttention(AttentionModule):
+class StripAttention(_StripGate):
     """Strip attention (2-D).
 
     Args:
@@ -83,13 +94,6 @@ class StripAttention(AttentionModule):
             z_h, z_w = self.conv_h(z_h), self.conv_w(z_w)
         return torch.sigmoid(z_h.unsqueeze(3) + z_w.unsqueeze(2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        g = self.gate(x)
-        if self._map_sink is not None:
-            self.record("spatial", g.mean(1))
-        return x * g
-
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, refine={self.conv_h is not None}"
 
@@ -106,7 +110,7 @@ class StripAttention(AttentionModule):
     notes="timm's SimpleCoordAttn with its defaults (rd_ratio 1/4, se_factor 2/3, divisor 8, bias, SiLU).",
     **_TIMM,
 )
-class SimpleCoordAttention(AttentionModule):
+class SimpleCoordAttention(_StripGate):
     """Simplified coordinate attention (2-D).
 
     Args:
@@ -136,13 +140,6 @@ class SimpleCoordAttention(AttentionModule):
         a_h = self.fc_h(u_h).transpose(1, 2)  # (B, C, H)
         a_w = self.fc_w(u_w).transpose(1, 2)  # (B, C, W)
         return torch.sigmoid(a_h.unsqueeze(3) + a_w.unsqueeze(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        g = self.gate(x)
-        if self._map_sink is not None:
-            self.record("spatial", g.mean(1))
-        return x * g
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, hidden={self.fc1.out_features}"

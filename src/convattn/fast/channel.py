@@ -18,7 +18,7 @@ from ..attention.cbam import CBAMChannel
 from ..attention.eca import ECA
 from ..attention.se import SE
 from . import plans
-from .gated import GateSpec, gated, wants_grad
+from .gated import GateSpec, gated, recorded_params
 from .select import register
 
 
@@ -32,11 +32,10 @@ def _se_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     mirrors={"forward": "96b1b1c8728e", "gate": "a98ee8029c53", "gate_from_mean": "32be913567b5"},
 )
 def se(m: SE, x: torch.Tensor):
-    if torch.is_grad_enabled():
-        params = tuple(m.parameters())
-        if wants_grad(x, params):
-            return gated(x, GateSpec(channel=m.gate_from_mean), params)
-    return plans.run_eval(m, x, _se_plan)
+    params = recorded_params(m, x)
+    if params is None:
+        return plans.run_eval(m, x, _se_plan)
+    return gated(x, GateSpec(channel=m.gate_from_mean), params)
 
 
 def _eca_gate(m: ECA):
@@ -78,11 +77,10 @@ def _eca_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     mirrors={"forward": "a5ff6470c8ca", "gate": "a98ee8029c53", "gate_from_mean": "4b5b3dcf3c1b"},
 )
 def eca(m: ECA, x: torch.Tensor):
-    if torch.is_grad_enabled():
-        params = tuple(m.parameters())
-        if wants_grad(x, params):
-            return gated(x, GateSpec(channel=_eca_gate(m)), params)
-    return plans.run_eval(m, x, _eca_plan)
+    params = recorded_params(m, x)
+    if params is None:
+        return plans.run_eval(m, x, _eca_plan)
+    return gated(x, GateSpec(channel=_eca_gate(m)), params)
 
 
 def _cbam_channel_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
@@ -95,8 +93,7 @@ def _cbam_channel_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     mirrors={"forward": "96b1b1c8728e", "gate": "947ed0f403a3", "gate_from_pools": "7582e6498669"},
 )
 def cbam_channel(m: CBAMChannel, x: torch.Tensor):
-    if torch.is_grad_enabled():
-        params = tuple(m.parameters())
-        if wants_grad(x, params):
-            return gated(x, GateSpec(channel=m.gate_from_pools, channel_max=True), params)
-    return plans.run_eval(m, x, _cbam_channel_plan)
+    params = recorded_params(m, x)
+    if params is None:
+        return plans.run_eval(m, x, _cbam_channel_plan)
+    return gated(x, GateSpec(channel=m.gate_from_pools, channel_max=True), params)

@@ -252,6 +252,14 @@ def wants_grad(x: torch.Tensor, params) -> bool:
     return x.requires_grad or any(p.requires_grad for p in params)
 
 
+def recorded_params(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """``module``'s parameters when autograd records ``module(x)``, else None (the eval kernel's case)."""
+    if not torch.is_grad_enabled():
+        return None
+    params = tuple(module.parameters())
+    return params if wants_grad(x, params) else None
+
+
 def gated(x: torch.Tensor, spec: GateSpec, params: tuple[torch.Tensor, ...]) -> torch.Tensor | str:
     """Y for a gate described by ``spec`` (``params``: every parameter of its gate networks),
     or the reason it cannot be computed here (parameters of another dtype or device, a

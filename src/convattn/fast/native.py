@@ -474,19 +474,6 @@ def simam_backward(dy: torch.Tensor, x: torch.Tensor, e_lambda: float, a: torch.
     return dx
 
 
-def mlp2_sigmoid(za, zm, w1, b1, w2, b2) -> torch.Tensor:
-    """``sigmoid(MLP(za) [+ MLP(zm)])`` for (B, C) inputs; no autograd (eval only)."""
-    dt = za.dtype
-    B, C = za.shape
-    H = w1.shape[0]
-    za, zm, w1, b1, w2, b2 = (_small(t, dt) for t in (za, zm, w1, b1, w2, b2))
-    out = za.new_empty((B, C))
-    _fn("mlp2_sigmoid", dt)(
-        za.data_ptr(), _ptr(zm), B, C, H, w1.data_ptr(), _ptr(b1), w2.data_ptr(), _ptr(b2), out.data_ptr()
-    )
-    return out
-
-
 def conv1d_sigmoid(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
     """``sigmoid(conv1d(z[:, None], weight) + bias)`` over channels, z (B, C), weight (k,); eval only."""
     dt = z.dtype
@@ -643,6 +630,6 @@ def triplet_grad(dy, acw, ahc, ahw, rw, rh, rs) -> torch.Tensor:
 
 
 def sigmoid_(g: torch.Tensor) -> torch.Tensor:
-    """sigmoid in place on a contiguous tensor: the kernels' own (coord's gates use it)."""
+    """sigmoid in place on a contiguous tensor: the kernels' own, which the eval kernels use."""
     _fn("sigmoid", g.dtype)(g.data_ptr(), g.numel())
     return g

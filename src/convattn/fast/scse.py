@@ -15,7 +15,7 @@ from torch import nn
 from ..attention import scse as _scse
 from ..attention.scse import SCSE, SSE
 from . import plans
-from .gated import MAX, SUM, GateSpec, gated, wants_grad
+from .gated import MAX, SUM, GateSpec, gated, recorded_params
 from .select import register
 
 
@@ -25,6 +25,10 @@ def _linear_index(m: nn.Module, x: torch.Tensor, params: tuple) -> int | None:
     if type(proj) is not nn.Linear or tuple(proj.weight.shape) != (1, x.shape[1]):
         return None
     return next((i for i, p in enumerate(params) if p is proj.weight), None)
+
+
+def _merge_mode(m: SCSE) -> int:
+    return SUM if m.merge == "sum" else MAX
 
 
 def _sse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
@@ -42,18 +46,17 @@ def _sse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     },
 )
 def sse(m: SSE, x: torch.Tensor):
-    if torch.is_grad_enabled():
-        params = tuple(m.parameters())
-        if wants_grad(x, params):
-            index = _linear_index(m, x, params)
-            if index is None:
-                return "proj is not an nn.Linear(C, 1)"
-            return gated(x, GateSpec(spatial=m.gate_from_logits, spatial_kind="linear", linear_index=index), params)
-    return plans.run_eval(m, x, _sse_plan)
+    params = recorded_params(m, x)
+    if params is None:
+        return plans.run_eval(m, x, _sse_plan)
+    index = _linear_index(m, x, params)
+    if index is None:
+        return "proj is not an nn.Linear(C, 1)"
+    return gated(x, GateSpec(spatial=m.gate_from_logits, spatial_kind="linear", linear_index=index), params)
 
 
 def _scse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
-    return plans.gate_plan(x, m, mlp=(m.fc1, m.fc2), linear=m.proj, mode=SUM if m.merge == "sum" else MAX)
+    return plans.gate_plan(x, m, mlp=(m.fc1, m.fc2), linear=m.proj, mode=_merge_mode(m))
 
 
 @register(
@@ -68,18 +71,12 @@ def _scse_plan(x: torch.Tensor, m: nn.Module) -> plans.Plan:
     },
 )
 def scse(m: SCSE, x: torch.Tensor):
-    if torch.is_grad_enabled():
-        params = tuple(m.parameters())
-        if wants_grad(x, params):
-            index = _linear_index(m, x, params)
-            if index is None:
-                return "proj is not an nn.Linear(C, 1)"
-            spec = GateSpec(
-                channel=m.channel_gate_from_mean,
-                spatial=m.spatial_gate_from_logits,
-                spatial_kind="linear",
-                linear_index=index,
-                mode=SUM if m.merge == "sum" else MAX,
-            )
-            return gated(x, spec, params)
-    return plans.run_eval(m, x, _scse_plan, m.merge)
+    params = recorded_params(m, x)
+    if params is None:
+        return plans.run_eval(m, x, _scse_plan, m.merge)
+    index = _linear_index(m, x, params)
+    if index is None:
+        return "proj is not an nn.Linear(C, 1)"
+    spec = GateSpec(channel=m.channel_gate_from_mean, spatial=m.spatial_gate_from_logits, spatial_kind="linear",
+                    linear_index=index, mode=_merge_mode(m))
+    return gated(x, spec, params)

@@ -186,8 +186,6 @@ def fingerprints(cls: type[nn.Module]) -> dict[str, tuple[str, str]]:
 
 
 def _kernels_reason() -> str | None:
-    if native._lib is not None:
-        return None
     return None if native.load() is not None else f"kernels unavailable ({native.load_error()})"
 
 

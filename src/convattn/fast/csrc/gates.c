@@ -388,6 +388,9 @@ static int run_samples(int64_t nfull, size_t ws_bytes, sample_fn fn, const void 
 
 #include "gates.h"
 
+/* kernels.def, included once per element type below, declares each kernel */
+#define KERNEL(ret, name, params) ret NAME(name) params;
+
 /* CALL(n) with n = nf as a constant for the common row widths (1-4 and 7 vectors:
  * 8-32 and 56 floats), so that arrays indexed by the vector number stay in registers;
  * CALL(nf) otherwise */
@@ -422,9 +425,7 @@ static int run_samples(int64_t nfull, size_t ws_bytes, sample_fn fn, const void 
 #define SIGMOID_INPLACE sigmoid_inplace_avx512
 #endif
 #define SQRT sqrtf
-#define KERNEL(ret, name, params) ret NAME(name) params;
 #include "kernels.def" /* the declarations the definitions below must match */
-#undef KERNEL
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef CB
@@ -450,9 +451,7 @@ static int run_samples(int64_t nfull, size_t ws_bytes, sample_fn fn, const void 
 #define EXP exp
 #define EXP2NEG exp2
 #define SQRT sqrt
-#define KERNEL(ret, name, params) ret NAME(name) params;
 #include "kernels.def" /* the declarations the definitions below must match */
-#undef KERNEL
 #include "gates_impl.h"
 #include "fused_impl.h"
 #undef CB
