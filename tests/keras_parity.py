@@ -1,0 +1,186 @@
+"""The Keras-vs-PyTorch checks of every Keras layer, on whatever backend Keras runs.
+
+Used by tests/test_keras.py in-process (PyTorch backend) and as a script in a
+subprocess per backend::
+
+    KERAS_BACKEND=jax python tests/keras_parity.py --out results.json
+
+For every case (a key, its options, the spatial dims) one randomised PyTorch
+module (conftest.randomize) is converted with ``from_torch`` and compared:
+eval-mode outputs (channels_last and channels_first), training-mode outputs
+(BatchNorm batch statistics) and the updated running statistics, the weights
+after ``to_torch`` (bit-identical), the ``get_config``/``from_config`` round
+trip and (once per key) a ``.keras`` save and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from conftest import SPATIAL, narrow_options, randomize  # noqa: E402
+
+import convattn  # noqa: E402
+
+CHANNELS = 32
+BATCH = 4
+
+#: option cases beyond the defaults, 2-D unless a case says otherwise
+EXTRA: dict[str, list[dict]] = {
+    "eca": [{"padding": "circular"}, {"mlp": True}, {"kernel_size": 5}],
+    "cbam": [{"pool_order": "mean_max", "kernel_size": 3}],
+    "cbam_spatial": [{"kernel_size": 3, "pool_order": "mean_max"}],
+    "scse": [{"merge": "sum"}],
+    "triplet": [{"no_spatial": True}],
+    "bam": [{"merge": "sum", "bias_before_bn": True}],
+    "bam_spatial": [{"num_dilated": 1, "dilation": 2}],
+    "gct": [{"mode": "l1"}],
+    "ge": [
+        {"extent": 2}, {"extent": 4}, {"extent": 2, "dims": 3}, {"extent": 4, "_spatial": (10, 7)},
+        {"variant": "theta", "feat_size": 8}, {"variant": "theta-plus", "feat_size": 8},
+        {"variant": "theta", "extent": 2}, {"variant": "theta-plus", "extent": 4},
+        {"variant": "theta", "extent": 2, "dims": 3},
+    ],
+    "fca": [{"freq_sel": "low16"}, {"dct_size": 4}, {"dct_size": (7, 7)}, {"freq_sel": "top1", "dims": 3}],
+    "ela": [{"shared": False, "norm_groups": 1, "act": "silu"}],
+    "strip": [{"refine": False}],
+    "gc": [{"fusion": "channel_mul"}, {"fusion": ("channel_add", "channel_mul"), "pooling": "avg"}],
+    "nonlocal": [{"mode": "gaussian"}, {"mode": "dot_product"}, {"subsample": False}, {"_spatial": (7, 5)}],
+    "sagan": [{"spectral_norm": True}, {"_spatial": (7, 5)}],
+    "cam": [{"energy": "paper"}],
+    "danet": [{"energy": "paper"}],
+    "parallel_gate": [{"spatial_reduction": 4}],
+    "srm": [{"eps": 0}],
+    "simam": [{"e_lambda": 0.1}],
+    "pam_gate": [{"qk_reduction": 4}],
+}
+
+
+def cases(keys):
+    """(case id, key, options, dims, spatial) for the keys: defaults per supported dims, then EXTRA."""
+    out = []
+    for key in keys:
+        spec = convattn.get_spec(key)
+        for d in spec.dims:
+            out.append((f"{key}-{d}d", key, {}, d, SPATIAL[d]))
+        for i, opts in enumerate(EXTRA.get(key, [])):
+            opts = dict(opts)
+            d = opts.pop("dims", 2)
+            spatial = opts.pop("_spatial", SPATIAL[d])
+            out.append((f"{key}-opt{i}", key, opts, d, spatial))
+    return out
+
+
+def _np(t):
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(t))
+
+
+def _last(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, 1, -1)
+
+
+def check_case(key: str, options: dict, dims: int, spatial: tuple, save: bool = False, seed: int = 0) -> dict:
+    """Every check of one case; returns the errors (floats) and flags (bools)."""
+    import keras
+
+    import convattn.keras as ck
+
+    opts = {**narrow_options(key, CHANNELS), **options}
+    torch.manual_seed(seed)
+    module = randomize(convattn.create_attention(key, CHANNELS, dims=dims, **opts), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((BATCH, CHANNELS) + tuple(spatial), generator=g)
+    xl = _last(x.numpy())
+    rec: dict = {}
+
+    # eval mode, channels_last and channels_first
+    module.eval()
+    layer = ck.from_torch(module, dims=dims)
+    with torch.no_grad():
+        y = module(x).numpy()
+    yl = _np(layer(xl, training=False))
+    rec["eval"] = float(np.abs(_last(y) - yl).max())
+    rec["scale"] = float(np.abs(y).max())
+    layer_cf = ck.from_torch(module, dims=dims, data_format="channels_first")
+    rec["eval_cf"] = float(np.abs(y - _np(layer_cf(x.numpy(), training=False))).max())
+
+    # weights back to PyTorch: bit-identical
+    back = ck.to_torch(layer)
+    sd, sd2 = module.state_dict(), back.state_dict()
+    rec["roundtrip"] = sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+    # config round trip: the same config, the same outputs with the same weights
+    cfg = layer.get_config()
+    clone = type(layer).from_config(cfg)
+    clone.build(xl.shape)
+    clone.set_weights(layer.get_weights())
+    rec["config"] = clone.get_config() == cfg and bool(np.array_equal(_np(clone(xl, training=False)), yl))
+
+    # training mode: batch statistics and the running-statistics update
+    module.train()
+    yt = module(x).detach().numpy()
+    ytl = _np(layer(xl, training=True))
+    rec["train"] = float(np.abs(_last(yt) - ytl).max())
+    st = ck.convert.torch_state(layer)
+    sd = module.state_dict()
+    rec["state_after_train"] = max(
+        [float((st[k].double() - sd[k].double()).abs().max()) for k in sd if sd[k].numel()] or [0.0]
+    )
+
+    if save:
+        model = keras.Sequential([keras.Input(xl.shape[1:], batch_size=None), layer])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{key}.keras")
+            model.save(path)
+            loaded = keras.saving.load_model(path)
+        ref = _np(model(xl, training=False))
+        rec["saved"] = bool(np.array_equal(_np(loaded(xl, training=False)), ref))
+    return rec
+
+
+def run(keys=None) -> dict:
+    import keras
+
+    import convattn.keras as ck
+
+    keys = ck.list_attention() if keys is None else keys
+    out = {"backend": keras.backend.backend(), "cases": {}}
+    seen = set()
+    t0 = time.perf_counter()
+    for cid, key, opts, dims, spatial in cases(keys):
+        t = time.perf_counter()
+        try:
+            rec = check_case(key, opts, dims, spatial, save=key not in seen)
+        except Exception as e:  # reported per case by the test
+            rec = {"error": f"{type(e).__name__}: {e}"}
+        seen.add(key)
+        rec["key"], rec["seconds"] = key, round(time.perf_counter() - t, 3)
+        out["cases"][cid] = rec
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--keys", nargs="*")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    res = run(a.keys or None)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
