@@ -33,6 +33,9 @@ import convattn  # noqa: E402
 
 CHANNELS = 32
 BATCH = 4
+#: outputs agree within TOL * max(1, max |y|) (float32; the relative form matters only for
+#: outputs far above 1, where float32's own spacing exceeds 1e-5)
+TOL = 1e-5
 
 #: option cases beyond the defaults, 2-D unless a case says otherwise
 EXTRA: dict[str, list[dict]] = {
@@ -65,11 +68,18 @@ EXTRA: dict[str, list[dict]] = {
 }
 
 
-def cases(keys):
-    """(case id, key, options, dims, spatial) for the keys: defaults per supported dims, then EXTRA."""
+def cases(keys, one: bool = False):
+    """(case id, key, options, dims, spatial) for the keys: defaults per supported dims, then EXTRA.
+
+    ``one``: a single case per key, its defaults in 2-D (or its first supported dims).
+    """
     out = []
     for key in keys:
         spec = convattn.get_spec(key)
+        if one:
+            d = 2 if 2 in spec.dims else spec.dims[0]
+            out.append((f"{key}-{d}d", key, {}, d, SPATIAL[d]))
+            continue
         for d in spec.dims:
             out.append((f"{key}-{d}d", key, {}, d, SPATIAL[d]))
         for i, opts in enumerate(EXTRA.get(key, [])):
@@ -84,6 +94,10 @@ def _np(t):
     import keras
 
     return np.asarray(keras.ops.convert_to_numpy(t))
+
+
+def call(layer, x, training: bool):
+    return layer(x, training=training)
 
 
 def _last(x: np.ndarray) -> np.ndarray:
@@ -109,11 +123,11 @@ def check_case(key: str, options: dict, dims: int, spatial: tuple, save: bool = 
     layer = ck.from_torch(module, dims=dims)
     with torch.no_grad():
         y = module(x).numpy()
-    yl = _np(layer(xl, training=False))
+    yl = _np(call(layer, xl, False))
     rec["eval"] = float(np.abs(_last(y) - yl).max())
     rec["scale"] = float(np.abs(y).max())
     layer_cf = ck.from_torch(module, dims=dims, data_format="channels_first")
-    rec["eval_cf"] = float(np.abs(y - _np(layer_cf(x.numpy(), training=False))).max())
+    rec["eval_cf"] = float(np.abs(y - _np(call(layer_cf, x.numpy(), False))).max())
 
     # weights back to PyTorch: bit-identical
     back = ck.to_torch(layer)
@@ -125,17 +139,19 @@ def check_case(key: str, options: dict, dims: int, spatial: tuple, save: bool = 
     clone = type(layer).from_config(cfg)
     clone.build(xl.shape)
     clone.set_weights(layer.get_weights())
-    rec["config"] = clone.get_config() == cfg and bool(np.array_equal(_np(clone(xl, training=False)), yl))
+    rec["config"] = clone.get_config() == cfg and bool(np.array_equal(_np(call(clone, xl, False)), yl))
 
     # training mode: batch statistics and the running-statistics update
     module.train()
     yt = module(x).detach().numpy()
-    ytl = _np(layer(xl, training=True))
+    ytl = _np(call(layer, xl, True))
     rec["train"] = float(np.abs(_last(yt) - ytl).max())
     st = ck.convert.torch_state(layer)
     sd = module.state_dict()
+    # relative to each entry's magnitude (a running variance can be large)
     rec["state_after_train"] = max(
-        [float((st[k].double() - sd[k].double()).abs().max()) for k in sd if sd[k].numel()] or [0.0]
+        [float((st[k].double() - sd[k].double()).abs().max() / max(1.0, float(sd[k].double().abs().max())))
+         for k in sd if sd[k].numel()] or [0.0]
     )
 
     if save:
@@ -149,7 +165,19 @@ def check_case(key: str, options: dict, dims: int, spatial: tuple, save: bool = 
     return rec
 
 
-def run(keys=None) -> dict:
+def failures(rec: dict) -> list[str]:
+    """What a case's record says is wrong (empty when every check passed)."""
+    if "error" in rec:
+        return [rec["error"]]
+    tol = TOL * max(1.0, rec["scale"])
+    bad = [f"{k}={rec[k]:.3g} > {tol:.3g}" for k in ("eval", "eval_cf", "train") if rec[k] > tol]
+    if rec["state_after_train"] > TOL:
+        bad.append(f"state_after_train={rec['state_after_train']:.3g}")
+    bad += [k for k in ("roundtrip", "config", "saved") if rec.get(k) is False]
+    return bad
+
+
+def run(keys=None, one: bool = False) -> dict:
     import keras
 
     import convattn.keras as ck
@@ -158,7 +186,7 @@ def run(keys=None) -> dict:
     out = {"backend": keras.backend.backend(), "cases": {}}
     seen = set()
     t0 = time.perf_counter()
-    for cid, key, opts, dims, spatial in cases(keys):
+    for cid, key, opts, dims, spatial in cases(keys, one):
         t = time.perf_counter()
         try:
             rec = check_case(key, opts, dims, spatial, save=key not in seen)
@@ -175,9 +203,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--keys", nargs="*")
+    p.add_argument("--one", action="store_true", help="one case per key (defaults, 2-D)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    res = run(a.keys or None)
+    res = run(a.keys or None, a.one)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 

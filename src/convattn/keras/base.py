@@ -122,7 +122,7 @@ class AttentionLayer(keras.layers.Layer):
         self.cfg = self.derive(module)
         params = dict(module.named_parameters())
         for name, t in module.state_dict().items():
-            value = t.detach().cpu().numpy()
+            value = t.detach().cpu().numpy().copy()  # a copy: JAX on CPU may alias a NumPy buffer
             integer = not np.issubdtype(value.dtype, np.floating)
             var = self.add_weight(
                 name=name.replace(".", "__"),

@@ -65,7 +65,7 @@ def load_torch_state(layer: AttentionLayer, state: dict[str, torch.Tensor]) -> N
             f"{layer._owner()}: the state dict does not fit the layer; missing {missing}, unexpected {unexpected}"
         )
     for k, var in own.items():
-        value = state[k].detach().cpu().numpy()
+        value = state[k].detach().cpu().numpy().copy()  # never alias the PyTorch tensor
         if tuple(value.shape) != tuple(var.shape):
             raise ValueError(f"{layer._owner()}: {k} has shape {tuple(value.shape)}, the layer {tuple(var.shape)}")
         var.assign(value.astype(var.dtype) if not np.issubdtype(value.dtype, np.floating) else value)
