@@ -258,9 +258,16 @@ def batch_norm(layer: AttentionLayer, prefix: str, x, training: bool, momentum: 
     if training:
         mean = ops.mean(x, axis=axes)
         var = ops.mean(ops.square(x - mean), axis=axes)
-        n = math.prod(x.shape[a] for a in axes)
+        sizes = [x.shape[a] for a in axes]
+        if all(s is not None for s in sizes):
+            n = math.prod(sizes)
+            unbias = n / max(n - 1, 1)
+        else:  # a dynamic batch (a graph traced for any batch size)
+            shape = ops.shape(x)
+            n = ops.cast(math.prod([shape[a] for a in axes]), x.dtype)
+            unbias = n / ops.maximum(n - 1, 1)
         rm.assign((1 - momentum) * rm + momentum * ops.stop_gradient(mean))
-        rv.assign((1 - momentum) * rv + momentum * ops.stop_gradient(var) * (n / max(n - 1, 1)))
+        rv.assign((1 - momentum) * rv + momentum * ops.stop_gradient(var) * unbias)
         nbt = layer.v(f"{prefix}.num_batches_tracked")
         nbt.assign(nbt + 1)
     else:

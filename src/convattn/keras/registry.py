@@ -43,14 +43,14 @@ def get_layer_class(name: str) -> type:
     )
 
 
-def create_attention(name: str, **options: Any) -> keras.layers.Layer:
-    """Build the Keras layer of registered attention ``name``; channels are inferred at build.
+def create_attention(key: str, /, **options: Any) -> keras.layers.Layer:
+    """Build the Keras layer of registered attention ``key``; channels are inferred at build.
 
     ``options`` are the PyTorch module's (see :func:`describe`), plus
     ``data_format`` (``"channels_last"``, default, or ``"channels_first"``),
     ``dims`` (optional, checked against the input) and Keras' ``name``/``dtype``.
     """
-    return get_layer_class(name)(**options)
+    return get_layer_class(key)(**options)
 
 
 def list_attention(family: str | None = None) -> list[str]:
