@@ -199,14 +199,39 @@ def run(keys=None, one: bool = False) -> dict:
     return out
 
 
+def check_export() -> float:
+    """TensorFlow only: a CNN with CBAM exported as a SavedModel (``model.export``), reloaded
+    with ``tf.saved_model.load``; the largest difference of the reloaded model's outputs."""
+    import tensorflow as tf
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    from keras_cbam_digits import build_model, load_digits
+
+    (x, y), _ = load_digits(256)
+    model = build_model()
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # non-trivial weights and running statistics
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "saved")
+        model.export(path, verbose=False)
+        loaded = tf.saved_model.load(path)  # kept: its variables live as long as it does
+        served = loaded.serve(tf.constant(x[:16]))
+        return float(np.abs(np.asarray(served) - _np(model(x[:16], training=False))).max())
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--keys", nargs="*")
     p.add_argument("--one", action="store_true", help="one case per key (defaults, 2-D)")
+    p.add_argument("--export", action="store_true", help="also the SavedModel check (TensorFlow)")
     a = p.parse_args()
     torch.set_num_threads(1)
     res = run(a.keys or None, a.one)
+    if a.export:
+        try:
+            res["export"] = check_export()
+        except Exception as e:
+            res["export"] = f"{type(e).__name__}: {e}"
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 

@@ -64,8 +64,9 @@ def test_parity_other_backend(backend, tmp_path):
     out = tmp_path / f"{backend}.json"
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t = time.perf_counter()
+    args = ["--one", "--out", str(out)] + (["--export"] if backend == "tensorflow" else [])
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "keras_parity.py"), "--one", "--out", str(out)],
+        [sys.executable, os.path.join(HERE, "keras_parity.py"), *args],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -75,6 +76,8 @@ def test_parity_other_backend(backend, tmp_path):
     assert keys == set(ck.list_attention())
     bad = {cid: failures(rec) for cid, rec in res["cases"].items() if failures(rec)}
     assert not bad, f"{backend}: {bad}"
+    if backend == "tensorflow":  # model.export() SavedModel, reloaded
+        assert isinstance(res["export"], float) and res["export"] <= 1e-5, res["export"]
     worst = {m: max(rec[m] / max(1.0, rec["scale"]) for rec in res["cases"].values()) for m in ("eval", "train")}
     print(f"{backend}: {len(res['cases'])} cases in {time.perf_counter() - t:.1f}s, worst relative error {worst}")
 
@@ -166,3 +169,105 @@ def test_initial_values_are_the_pytorch_module_init():
     for key in ("gc", "gct", "pam", "cam", "danet", "nonlocal", "sagan"):
         y = keras.ops.convert_to_numpy(ck.create_attention(key)(x))
         np.testing.assert_array_equal(y, x, err_msg=key)
+
+
+# ----------------------------------------------------------------------------- attach
+
+_APPS = {"ResNet50": "resnet50", "ResNet50V2": "resnet50", "MobileNetV2": "mobilenet_v2",
+         "EfficientNetB0": "efficientnet_b0"}
+_IDENTITY_KEY = {"ResNet50": "cbam", "ResNet50V2": "gc", "MobileNetV2": "se", "EfficientNetB0": "eca"}
+
+
+@pytest.fixture(scope="module")
+def apps():
+    return {
+        name: getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classes=10)
+        for name in _APPS
+    }
+
+
+@pytest.mark.parametrize("app", list(_APPS))
+def test_attach_applications_as_pytorch(apps, app):
+    from convattn.keras.attach import insertion_points
+
+    model = apps[app]
+    torch_model = convattn.create_model(_APPS[app])
+    for where in ("block", "stage"):
+        ours = [p["channels"] for p in insertion_points(model, where)]
+        theirs = [p.channels for p in convattn.insertion_points(torch_model, where)]
+        assert ours == theirs, (app, where)
+    # identity init: the outputs are unchanged
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x, training=False))
+    new = ck.attach(model, _IDENTITY_KEY[app], init="identity")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new(x, training=False)), ref)
+    assert len(new.layers) == len(model.layers) + len(insertion_points(model))
+
+
+def test_se_resnet50_parameters_as_pytorch(apps):
+    model = apps["ResNet50"]
+    added = ck.attach(model, "se").count_params() - model.count_params()
+    torch_plain = sum(p.numel() for p in convattn.create_model("resnet50").parameters())
+    torch_se = sum(p.numel() for p in convattn.create_model("resnet50", attention="se").parameters())
+    assert added == torch_se - torch_plain == 2_530_992
+    # ECA with the released ResNet-50's kernels, one per stage: 3*3 + 4*5 + 6*5 + 3*7 = 80
+    eca = ck.attach(model, "eca", kernel_size=convattn.per_stage(3, 5, 5, 7))
+    assert eca.count_params() - model.count_params() == 80
+    # BAM after stages 1-3: the same learned parameters (Keras also counts BN statistics)
+    bam = ck.attach(model, "bam", where="stage")
+    torch_bam = sum(p.numel() for p in convattn.create_model("resnet50", attention="bam", where="stage").parameters())
+    trainable = lambda m: sum(int(np.prod(w.shape)) for w in m.trainable_weights)  # noqa: E731
+    assert trainable(bam) - trainable(model) == torch_bam - torch_plain == 357_619
+
+
+def _user_cnn():
+    return keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(8, 3, padding="same"), keras.layers.BatchNormalization(), keras.layers.ReLU(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(16, 3, padding="same"), keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4),
+    ])
+
+
+def test_attach_user_cnn_predicate_errors_and_save(tmp_path):
+    from convattn.keras.attach import insertion_points
+
+    model = _user_cnn()
+    pts = insertion_points(model)
+    assert [(p["channels"], p["stage"]) for p in pts] == [(8, 0), (16, 1)]
+    assert [p["channels"] for p in insertion_points(model, "stage")] == [8]
+    conv_only = insertion_points(model, lambda name, layer: isinstance(layer, keras.layers.Conv2D))
+    assert [p["channels"] for p in conv_only] == [8, 16]
+    x = np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype("float32")
+    new = ck.attach(model, "cbam", init="identity", reduction=4)
+    assert isinstance(new.layers[4], ck.IdentityInit)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new(x)), keras.ops.convert_to_numpy(model(x)))
+    new.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(new(x)))
+    with pytest.raises(ValueError, match="attach: where must be 'block', 'stage' or a predicate"):
+        ck.attach(model, "se", where="everywhere")
+    with pytest.raises(ValueError, match="attach: init must be 'default'"):
+        ck.attach(model, "se", init="zeros")
+    with pytest.raises(ValueError, match="unknown attention 'sse2'; did you mean 'sse'"):
+        ck.attach(model, "sse2")
+    with pytest.raises(ValueError, match="attach: the where= predicate selected no layer"):
+        ck.attach(model, "se", where=lambda name, layer: False)
+    with pytest.raises(ValueError, match="attach: model must be a functional or Sequential keras.Model"):
+        ck.attach(keras.layers.Dense(3), "se")
+
+
+# ----------------------------------------------------------------------------- example
+
+
+def test_example_cbam_digits_loss_falls():
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+    from keras_cbam_digits import build_model, load_digits
+
+    (x, y), _ = load_digits(512)
+    model = build_model()
+    before = model.evaluate(x, y, batch_size=128, verbose=0)[0]
+    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    after = model.evaluate(x, y, batch_size=128, verbose=0)[0]
+    assert hist.history["loss"][0] < before and after < before, (before, hist.history, after)

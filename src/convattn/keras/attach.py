@@ -184,6 +184,7 @@ def _plan(model: keras.Model, where) -> tuple[list[tuple[str, int | None]], int]
 def insertion_points(model: keras.Model, where="block") -> list[dict[str, Any]]:
     """Where :func:`attach` would insert layers: ``{"layer", "channels", "dims", "stage"}`` each."""
     _check_model(model)
+    model = _functional(model)
     sites, _ = _plan(model, where)
     out = []
     for name, stage in sites:
@@ -199,6 +200,17 @@ def _check_model(model) -> None:
         model.inputs  # noqa: B018  (a subclassed model has none)
     except AttributeError as e:
         raise ValueError(f"attach: model must be a functional or Sequential keras.Model, got {type(model).__name__}") from e
+
+
+def _functional(model: keras.Model) -> keras.Model:
+    """A Sequential model as the functional model of the same layers (shared); others as they are."""
+    if not isinstance(model, keras.Sequential):
+        return model
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+    h = inputs
+    for layer in model.layers:
+        h = layer(h)
+    return keras.Model(inputs, h, name=model.name)
 
 
 def _is_identity(layer: keras.layers.Layer, channels: int, dims: int) -> bool:
@@ -230,6 +242,7 @@ def attach(
             values are resolved per stage.
     """
     _check_model(model)
+    model = _functional(model)
     if init not in ("default", "paper", "identity"):
         raise ValueError(f"attach: init must be 'default' (or 'paper') or 'identity', got {init!r}")
     if isinstance(attention, str):
