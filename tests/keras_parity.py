@@ -199,16 +199,31 @@ def run(keys=None, one: bool = False) -> dict:
     return out
 
 
+def _example():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    import keras_cbam_digits
+
+    return keras_cbam_digits
+
+
+def check_fit() -> list[float]:
+    """The example's CNN with CBAM: [loss before, loss of the one epoch of ``fit``, loss after]."""
+    ex = _example()
+    (x, y), _ = ex.load_digits(512)
+    model = ex.build_model()
+    before = model.evaluate(x, y, batch_size=128, verbose=0)[0]
+    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    return [float(before), float(hist.history["loss"][0]), float(model.evaluate(x, y, batch_size=128, verbose=0)[0])]
+
+
 def check_export() -> float:
     """TensorFlow only: a CNN with CBAM exported as a SavedModel (``model.export``), reloaded
     with ``tf.saved_model.load``; the largest difference of the reloaded model's outputs."""
     import tensorflow as tf
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-    from keras_cbam_digits import build_model, load_digits
-
-    (x, y), _ = load_digits(256)
-    model = build_model()
+    ex = _example()
+    (x, y), _ = ex.load_digits(256)
+    model = ex.build_model()
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # non-trivial weights and running statistics
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "saved")
@@ -224,9 +239,15 @@ def main() -> None:
     p.add_argument("--keys", nargs="*")
     p.add_argument("--one", action="store_true", help="one case per key (defaults, 2-D)")
     p.add_argument("--export", action="store_true", help="also the SavedModel check (TensorFlow)")
+    p.add_argument("--fit", action="store_true", help="also one epoch of the example's model.fit")
     a = p.parse_args()
     torch.set_num_threads(1)
     res = run(a.keys or None, a.one)
+    if a.fit:
+        try:
+            res["fit"] = check_fit()
+        except Exception as e:
+            res["fit"] = f"{type(e).__name__}: {e}"
     if a.export:
         try:
             res["export"] = check_export()

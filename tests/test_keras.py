@@ -23,7 +23,7 @@ keras = pytest.importorskip("keras")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from keras_parity import cases, check_case, failures  # noqa: E402
+from keras_parity import cases, check_case, check_fit, failures  # noqa: E402
 
 import convattn  # noqa: E402
 import convattn.keras as ck  # noqa: E402
@@ -64,7 +64,7 @@ def test_parity_other_backend(backend, tmp_path):
     out = tmp_path / f"{backend}.json"
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t = time.perf_counter()
-    args = ["--one", "--out", str(out)] + (["--export"] if backend == "tensorflow" else [])
+    args = ["--one", "--fit", "--out", str(out)] + (["--export"] if backend == "tensorflow" else [])
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "keras_parity.py"), *args],
         env=env, capture_output=True, text=True, timeout=600,
@@ -76,6 +76,10 @@ def test_parity_other_backend(backend, tmp_path):
     assert keys == set(ck.list_attention())
     bad = {cid: failures(rec) for cid, rec in res["cases"].items() if failures(rec)}
     assert not bad, f"{backend}: {bad}"
+    # the example's model.fit: the loss falls (before, during the epoch, after)
+    assert isinstance(res["fit"], list), res["fit"]
+    before, during, after = res["fit"]
+    assert during < before and after < before, res["fit"]
     if backend == "tensorflow":  # model.export() SavedModel, reloaded
         assert isinstance(res["export"], float) and res["export"] <= 1e-5, res["export"]
     worst = {m: max(rec[m] / max(1.0, rec["scale"]) for rec in res["cases"].values()) for m in ("eval", "train")}
@@ -262,12 +266,5 @@ def test_attach_user_cnn_predicate_errors_and_save(tmp_path):
 
 
 def test_example_cbam_digits_loss_falls():
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
-    from keras_cbam_digits import build_model, load_digits
-
-    (x, y), _ = load_digits(512)
-    model = build_model()
-    before = model.evaluate(x, y, batch_size=128, verbose=0)[0]
-    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
-    after = model.evaluate(x, y, batch_size=128, verbose=0)[0]
-    assert hist.history["loss"][0] < before and after < before, (before, hist.history, after)
+    before, during, after = check_fit()
+    assert during < before and after < before, (before, during, after)
