@@ -11,6 +11,23 @@ MobileNetV2, EfficientNetB0, or a user's CNN).
 
 One file per mechanism family, as :mod:`convattn.attention`: ``keras/se.py`` is
 the Keras layer of ``attention/se.py``.
+
+Parity: on random weights, every layer's outputs agree with its PyTorch module's
+within 1e-5 (float32; relative to max(1, max |y|)) on the PyTorch, TensorFlow and
+JAX backends, in inference and in training mode (BatchNorm batch statistics,
+and the same running-statistics update); ``to_torch(from_torch(m))`` has
+bit-identical weights.
+
+How the layers are made (see :mod:`convattn.keras.base`): at ``build()`` the
+PyTorch module of the key is constructed once with the inferred channels and the
+layer's options, so validation, error messages and every derived width are the
+PyTorch module's; its state dict gives the variables (same names, PyTorch
+layouts, its initial values: seed with ``torch.manual_seed`` for reproducible
+inits). Limits: the self-attention layers (``pam``, ``danet``, ``nonlocal``,
+``sagan``, ``pam_gate``) always hold the N x N score matrix (``path`` is
+accepted and ignored); ``fca``, ``ge`` with an extent or a parametric gather,
+the depthwise strip convs (``ela``, ``strip``) and the ceil-mode pooling of
+``nonlocal``/``sagan`` need the spatial size to be static when a graph is traced.
 """
 
 from __future__ import annotations
