@@ -268,3 +268,32 @@ def test_attach_user_cnn_predicate_errors_and_save(tmp_path):
 def test_example_cbam_digits_loss_falls():
     before, during, after = check_fit()
     assert during < before and after < before, (before, during, after)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="gradients are compared through PyTorch's autograd")
+@pytest.mark.parametrize("key", ck.list_attention())
+def test_gradients_match_pytorch(key):
+    # training mode: the gradients of <Y, R> for the input and every parameter, within 1e-5
+    # relative to max(1, max |gradient|) (a parameter's gradient is a sum over the batch)
+    from conftest import narrow_options, randomize
+
+    d = 2 if 2 in convattn.get_spec(key).dims else convattn.get_spec(key).dims[0]
+    spatial = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}[d]
+    module = randomize(convattn.create_attention(key, 32, dims=d, **narrow_options(key, 32))).train()
+    layer = ck.from_torch(module, dims=d)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((4, 32) + spatial, generator=g)
+    r = torch.randn(x.shape, generator=g)
+    xt = x.clone().requires_grad_(True)
+    (module(xt) * r).sum().backward()
+    xk = x.movedim(1, -1).contiguous().requires_grad_(True)
+    (layer(xk, training=True) * r.movedim(1, -1)).sum().backward()
+    scale = max(1.0, float(xt.grad.abs().max()))
+    assert float((xk.grad.movedim(-1, 1) - xt.grad).abs().max()) <= 1e-5 * scale
+    params = dict(module.named_parameters())
+    for name, var in layer.weights_by_name().items():
+        if name in params and params[name].grad is not None:
+            ref = params[name].grad
+            got = var.value.grad
+            tol = 1e-5 * max(1.0, float(ref.abs().max()))
+            assert got is not None and float((got - ref).abs().max()) <= tol, name
