@@ -96,6 +96,17 @@ def test_keys_without_a_keras_layer_are_listed():
         pytest.skip(f"registered PyTorch keys without a Keras layer yet: {', '.join(missing)}")
 
 
+def test_a_key_without_a_keras_layer_is_reported(monkeypatch):
+    from convattn.keras import registry
+
+    monkeypatch.delitem(registry._LAYERS, "se")
+    assert "se" in ck.missing_layers() and "se" not in ck.list_attention()
+    with pytest.raises(ValueError, match="attention 'se' is registered for PyTorch but has no Keras layer yet"):
+        ck.create_attention("se")
+    with pytest.raises(ValueError, match="has no Keras layer yet"):
+        ck.from_torch(convattn.create_attention("se", 16))
+
+
 # ----------------------------------------------------------------------------- API
 
 

@@ -33,6 +33,7 @@ the depthwise strip convs (``ela``, ``strip``) and the ceil-mode pooling of
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 try:
     import keras  # noqa: F401
@@ -43,18 +44,13 @@ from .base import AttentionLayer
 from .convert import from_torch, to_torch
 from .registry import create_attention, describe, get_layer_class, list_attention, missing_layers
 
-_FILES = (
-    "bam", "cbam", "coord", "danet", "eca", "ela", "ema", "fca", "gc", "gct", "ge", "nonlocal_block",
-    "pam_gate", "sagan", "scse", "se", "seed_gates", "simam", "srm", "strip", "triplet",
-)
-for _name in _FILES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # a family without a Keras file yet
-        if _e.name != f"{__name__}.{_name}":
-            raise
+# one file per mechanism family (as convattn.attention); importing it registers its layers
+_INFRASTRUCTURE = {"attach", "base", "convert", "registry"}
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    if not _info.name.startswith("_") and _info.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_info.name}")
 
-from .attach import IdentityInit, attach  # noqa: E402
+from .attach import IdentityInit, attach, insertion_points  # noqa: E402
 
 __all__ = [
     "AttentionLayer",
@@ -64,6 +60,7 @@ __all__ = [
     "describe",
     "from_torch",
     "get_layer_class",
+    "insertion_points",
     "list_attention",
     "missing_layers",
     "to_torch",
