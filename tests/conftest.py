@@ -22,13 +22,18 @@ SPATIAL = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}
 
 
 #: options for the keys whose defaults need more channels than the narrowest tests use
-#: (EMA's 32 groups need a multiple of 32 channels)
-NARROW = {"ema": {"groups": 4}}
+#: (EMA's 32 groups need a multiple of 32 channels, SGE's 64 groups a multiple of 64,
+#: shuffle attention's 64 groups of two halves a multiple of 128)
+NARROW = {"ema": {"groups": 4}, "sge": {"groups": 4}, "sa": {"groups": 4}}
+
+#: the width below which :data:`NARROW` applies, for the keys whose defaults need more than 32
+NARROW_BELOW = {"sge": 64, "sa": 128}
 
 
 def narrow_options(name: str, channels: int) -> dict:
-    """The options of :data:`NARROW` for ``name`` when ``channels`` is below 32, else none."""
-    return dict(NARROW.get(name, {})) if channels < 32 else {}
+    """The options of :data:`NARROW` for ``name`` when ``channels`` is below the width its
+    defaults need (:data:`NARROW_BELOW`, else 32), else none."""
+    return dict(NARROW.get(name, {})) if channels < NARROW_BELOW.get(name, 32) else {}
 
 
 def build(name: str, channels: int = 32, dims: int = 2, **options) -> torch.nn.Module:
