@@ -153,7 +153,7 @@ def test_flops_count_every_registered_module_and_model():
     for name in list_attention():
         for d in get_spec(name).dims:
             x = make_input((2, 32) + sizes[d])
-            m = create_attention(name, 32, dims=d)
+            m = create_attention(name, 32, dims=d, **narrow_options(name, 32))
             e, t = count_flops(m, x, "eval"), count_flops(m, x, "train")
             assert 0 <= e <= t, (name, d, e, t)
     x = make_input((2, 3, 16, 16))

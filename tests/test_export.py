@@ -1,7 +1,9 @@
 """Every registered module exports to ONNX, TorchScript and torch.compile; models export too.
 
 ONNX files have a dynamic batch and dynamic spatial sizes, and onnxruntime must
-match PyTorch within 1e-4 at the export size and at a second, different size.
+match PyTorch within 1e-4 at the export size and at a second, different size (times the
+module's gain max|y| / max|x| where it exceeds 1: float32 rounding is relative, and a module
+whose gate is not bounded, such as LSK's conv output, amplifies its input).
 Modules that genuinely cannot export to a format are listed in ``KNOWN_FAILURES``
 with the reason (strict xfail: a fix makes the test fail until it is removed).
 """
@@ -53,13 +55,21 @@ def _module_and_input(name: str):
     return m, torch.randn((2, CHANNELS) + SIZE[d], generator=g)
 
 
+def _onnx_atol(m, x) -> float:
+    """1e-4 times the module's gain on the two inputs the ONNX checks use, if above 1."""
+    with torch.no_grad():
+        gain = max(m(t).abs().max().item() / t.abs().max().item() for t in (x, second_input(x)))
+    return 1e-4 * max(1.0, gain)
+
+
 @pytest.mark.parametrize("name", _params("onnx"))
 def test_module_exports_to_onnx_with_dynamic_shapes(name, tmp_path):
     import onnx
 
     m, x = _module_and_input(name)
     path = tmp_path / f"{name}.onnx"
-    report = export_onnx(m, x, path)
+    atol = _onnx_atol(m, x)
+    report = export_onnx(m, x, path, atol=atol)
     dims = onnx_input_dims(path)
     # batch and every spatial dim symbolic, channels fixed
     assert isinstance(dims[0], str) and all(isinstance(d, str) for d in dims[2:]), dims
@@ -67,7 +77,7 @@ def test_module_exports_to_onnx_with_dynamic_shapes(name, tmp_path):
     assert max(op.version for op in onnx.load(str(path)).opset_import if op.domain in ("", "ai.onnx")) >= 17
     # onnxruntime agrees with PyTorch at the export size and at a different one
     assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape), tuple(second_input(x).shape)]
-    assert len(report.max_abs_diff) == 2 and max(report.max_abs_diff) <= 1e-4
+    assert len(report.max_abs_diff) == 2 and max(report.max_abs_diff) <= atol
 
 
 
@@ -77,11 +87,12 @@ def test_module_exports_with_the_torchscript_based_onnx_exporter(name, tmp_path)
     axes, onnxruntime against PyTorch at the export size and at another one."""
     m, x = _module_and_input(name)
     path = tmp_path / f"{name}.onnx"
-    report = export_onnx(m, x, path, exporter="legacy")
+    atol = _onnx_atol(m, x)
+    report = export_onnx(m, x, path, exporter="legacy", atol=atol)
     dims = onnx_input_dims(path)
     assert isinstance(dims[0], str) and all(isinstance(d, str) for d in dims[2:]), dims
     assert [tuple(s) for s in report.input_shapes] == [tuple(x.shape), tuple(second_input(x).shape)]
-    assert max(report.max_abs_diff) <= 1e-4
+    assert max(report.max_abs_diff) <= atol
 
 
 def test_fca_official_fixed_dct_size_exports_with_dynamic_spatial_size(tmp_path):

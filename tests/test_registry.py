@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
-from conftest import SPATIAL, build, cases, example_input, randomize
+from conftest import SPATIAL, build, cases, example_input, narrow_options, randomize
 
 import convattn
 from convattn import create_attention, describe, get_spec, list_attention
@@ -195,7 +196,9 @@ def test_capture_maps_records_by_path_and_costs_nothing_outside(name):
 def test_timm_attn_layer_drop_in(name):
     timm = pytest.importorskip("timm")
     cls = get_spec(name).cls
-    model = timm.create_model("resnet18", num_classes=10, block_args=dict(attn_layer=cls)).eval()
+    # resnet18's narrowest stage has 64 channels
+    layer = functools.partial(cls, **narrow_options(name, 64)) if narrow_options(name, 64) else cls
+    model = timm.create_model("resnet18", num_classes=10, block_args=dict(attn_layer=layer)).eval()
     assert any(isinstance(m, cls) for m in model.modules())
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
