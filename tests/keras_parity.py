@@ -65,6 +65,9 @@ EXTRA: dict[str, list[dict]] = {
     "srm": [{"eps": 0}],
     "simam": [{"e_lambda": 0.1}],
     "pam_gate": [{"qk_reduction": 4}],
+    "psa_p": [{"variant": "paper"}],
+    "psa_s": [{"variant": "paper"}],
+    "cca": [{"recurrence": 1}, {"_spatial": (7, 5)}],
 }
 
 
