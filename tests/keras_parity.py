@@ -66,6 +66,9 @@ EXTRA: dict[str, list[dict]] = {
     "simam": [{"e_lambda": 0.1}],
     "pam_gate": [{"qk_reduction": 4}],
     "psa_p": [{"variant": "paper"}],
+    "scsa": [{"window_size": 2, "head_num": 4}, {"gate_layer": "softmax", "down_sample_mode": "max_pool"},
+             {"window_size": 4, "qkv_bias": True, "_spatial": (9, 6)}, {"window_size": -1},
+             {"_spatial": (5, 8)}, {"down_sample_mode": "max_pool", "_spatial": (8, 5)}],
     "psa_s": [{"variant": "paper"}],
     "cca": [{"recurrence": 1}, {"_spatial": (7, 5)}],
 }
