@@ -23,7 +23,7 @@ keras = pytest.importorskip("keras")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from keras_parity import cases, check_case, check_fit, failures  # noqa: E402
+from keras_parity import KERAS_SCALE, cases, check_case, check_fit, failures  # noqa: E402
 
 import convattn  # noqa: E402
 import convattn.keras as ck  # noqa: E402
@@ -290,7 +290,8 @@ def test_gradients_match_pytorch(key):
 
     d = 2 if 2 in convattn.get_spec(key).dims else convattn.get_spec(key).dims[0]
     spatial = {1: (12,), 2: (8, 8), 3: (4, 4, 4)}[d]
-    module = randomize(convattn.create_attention(key, 32, dims=d, **narrow_options(key, 32))).train()
+    module = randomize(convattn.create_attention(key, 32, dims=d, **narrow_options(key, 32)),
+                       scale=KERAS_SCALE.get(key)).train()
     layer = ck.from_torch(module, dims=d)
     g = torch.Generator().manual_seed(3)
     x = torch.randn((4, 32) + spatial, generator=g)
