@@ -225,7 +225,7 @@ def check_fit() -> list[float]:
     (x, y), _ = ex.load_digits(512)
     model = ex.build_model()
     before = model.evaluate(x, y, batch_size=128, verbose=0)[0]
-    hist = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    hist = model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     return [float(before), float(hist.history["loss"][0]), float(model.evaluate(x, y, batch_size=128, verbose=0)[0])]
 
 
