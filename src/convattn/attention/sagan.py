@@ -85,6 +85,9 @@ class SAGANAttention(AttentionModule):
         half = hidden_channels(owner, channels, 2)
         self.path = check_path(owner, path)
         self.spectral_norm = spectral_norm
+        # the widths, kept so that forward reads each (spectral-normed) weight once: every
+        # read of a parametrized weight runs a power iteration in training mode
+        self.qk_channels, self.half_channels = qk, half
         convs = {
             "theta": nn.Conv1d(channels, qk, 1, bias=False),
             "phi": nn.Conv1d(channels, qk, 1, bias=False),
@@ -104,7 +107,7 @@ class SAGANAttention(AttentionModule):
         for size in spatial:
             n_keys *= (size + 1) // 2
         # theta and phi projected straight to C/2 columns (zero-padded) when SDPA will run
-        w = qk_width(flat.shape[-1], n_keys, self.theta.weight.shape[0], self.g.weight.shape[0], self.path)
+        w = qk_width(flat.shape[-1], n_keys, self.qk_channels, self.half_channels, self.path)
         q = tokens_from(self.theta, flat, w)
         k_tokens, v_tokens = tokens_from(self.phi, flat, w), tokens_from(self.g, flat)
         k_full = k_tokens.transpose(1, 2).reshape((x.shape[0], k_tokens.shape[-1]) + spatial)
