@@ -12,6 +12,10 @@ Placements (``where=``):
   scale. For plain conv nets (VGG, a user's ``nn.Sequential``): at the end of
   every conv block, i.e. after each maximal run of conv / norm / activation
   layers, before the pooling layer that follows it.
+  A model may also list its blocks itself: a class attribute
+  ``attention_blocks`` (paths of submodules, e.g. ``("block1", "block2",
+  "block3")`` in the 1-D FCN) puts the attention on each listed module's output,
+  each block a stage of its own.
 - ``"stage"``: after every stage except the last (the BAM placement: 3 modules in
   a ResNet-50, after ``layer1``-``layer3``). A stage is a run of consecutive
   blocks in the same container with the same output width (ResNet ``layerN``,
@@ -331,7 +335,26 @@ def _stages(blocks: list[_Block], plain: bool) -> list[list[_Block]]:
     return stages
 
 
+def _declared_blocks(model: nn.Module, paths: Sequence[str]) -> list[_Block]:
+    """The blocks a model lists in its ``attention_blocks`` attribute (paths of submodules)."""
+    blocks = []
+    for path in paths:
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"attach: {type(model).__name__}.attention_blocks names {path!r}, which is not a "
+                             "submodule of the model") from None
+        width = _last_width([module])
+        if width is None:
+            raise ValueError(f"attach: cannot infer the channels of block {path!r} ({type(module).__name__})")
+        blocks.append(_Block(path, path.rpartition(".")[0], _Site(path, module, width[0], width[1]), module))
+    return blocks
+
+
 def _structure(model: nn.Module) -> tuple[list[list[_Block]], bool]:
+    declared = getattr(model, "attention_blocks", None)
+    if declared is not None:
+        return [[b] for b in _declared_blocks(model, declared)], True
     blocks = _residual_blocks(model)
     plain = not blocks
     if plain:

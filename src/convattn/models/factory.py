@@ -1,7 +1,8 @@
 """``create_model``: built-in backbones with any registered attention.
 
 CIFAR-style ResNets (``resnet8/20/32/56``, small images) are defined in
-:mod:`convattn.models.cifar_resnet`; the ImageNet-style families come from
+:mod:`convattn.models.cifar_resnet`, the 1-D time-series FCN and ResNet
+(``fcn1d``, ``resnet1d``) in :mod:`convattn.models.tsc`; the ImageNet-style families come from
 torchvision, always built with ``weights=None`` (nothing is downloaded; use
 :func:`convattn.models.load_backbone_weights` with a local file). Attention is
 inserted with :func:`convattn.models.attach`.
@@ -17,6 +18,7 @@ from torch import nn
 from .attach import Where, attach
 from .cifar_resnet import CIFAR_DEPTHS, CifarResNet
 from .pairing import separate_rng
+from .tsc import TSC_MODELS
 
 TORCHVISION_MODELS = (
     "resnet18",
@@ -36,8 +38,8 @@ TORCHVISION_MODELS = (
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`: the CIFAR ResNets, then torchvision's."""
-    return list(CIFAR_DEPTHS) + list(TORCHVISION_MODELS)
+    """Names accepted by :func:`create_model`: the CIFAR ResNets, the time-series nets, then torchvision's."""
+    return list(CIFAR_DEPTHS) + list(TSC_MODELS) + list(TORCHVISION_MODELS)
 
 
 def _positive_int(owner: str, what: str, v: Any) -> int:
@@ -76,8 +78,8 @@ def create_model(
         name: one of :func:`list_models`.
         attention: None (plain backbone), a registry name, a class or a factory
             (see :func:`convattn.models.attach`).
-        num_classes: classifier outputs (default 10 for the CIFAR ResNets, 1000
-            for the torchvision models).
+        num_classes: classifier outputs (default 10 for the CIFAR ResNets, 2 for
+            the time-series nets, 1000 for the torchvision models).
         in_chans: input channels; for torchvision models a value other than 3
             replaces the stem conv.
         where, init, **options: as in :func:`convattn.models.attach`.
@@ -95,6 +97,9 @@ def create_model(
     if name in CIFAR_DEPTHS:
         num_classes = 10 if num_classes is None else _positive_int("create_model", "num_classes", num_classes)
         model: nn.Module = CifarResNet(CIFAR_DEPTHS[name], num_classes=num_classes, in_chans=in_chans)
+    elif name in TSC_MODELS:
+        num_classes = 2 if num_classes is None else _positive_int("create_model", "num_classes", num_classes)
+        model = TSC_MODELS[name](in_chans=in_chans, num_classes=num_classes)
     else:
         num_classes = 1000 if num_classes is None else _positive_int("create_model", "num_classes", num_classes)
         import torchvision.models as tvm  # heavy: imported only when needed
