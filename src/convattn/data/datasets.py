@@ -9,6 +9,9 @@ size, normalisation). Specs:
 - ``cifar10:PATH`` / ``cifar100:PATH``: a local copy in torchvision's format
   (``PATH/cifar-10-batches-py/...`` as ``torchvision.datasets.CIFAR10(PATH,
   download=True)`` writes it); never downloaded;
+- ``ucr:NAME``: a time-series classification set bundled with aeon (GunPoint,
+  OSULeaf, JapaneseVowels, ...; see :mod:`convattn.data.ucr`), samples of shape
+  (C, L): a series is a one-dimensional image;
 - ``folder:PATH`` or just ``PATH``: an ImageFolder layout
   (``PATH/<class>/<image>``, or ``PATH/train/<class>/...`` with ``PATH/test``
   or ``PATH/val``; without them a fixed 80/20 split is made).
@@ -156,10 +159,17 @@ class DataBundle:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     notes: str = ""
+    #: spatial dims of a sample: 2 for images (C, S, S), 1 for series (C, L) with L = image_size
+    dims: int = 2
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of a batch of one: (1, C, S, S) for images, (1, C, L) for series."""
+        return (1, self.in_chans) + (self.image_size,) * self.dims
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -170,18 +180,20 @@ class DataBundle:
             "in_chans": self.in_chans,
             "image_size": self.image_size,
             "has_boxes": self.has_boxes,
+            "dims": self.dims,
             "notes": self.notes,
         }
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """``spec`` -> (kind, path) with kind in embedded/cifar10/cifar100/folder."""
+    """``spec`` -> (kind, path) with kind in embedded/cifar10/cifar100/ucr/folder (for ucr, path is the name)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("data: empty spec; valid: cluttered-mnist, cifar10:PATH, cifar100:PATH, folder:PATH or PATH")
+        raise ValueError("data: empty spec; valid: cluttered-mnist, cifar10:PATH, cifar100:PATH, ucr:NAME, "
+                         "folder:PATH or PATH")
     s = spec.strip()
     if s.lower() in EMBEDDED:
         return "embedded", None
-    for kind in ("cifar10", "cifar100", "folder"):
+    for kind in ("cifar10", "cifar100", "ucr", "folder"):
         if s.lower().startswith(kind + ":"):
             path = s[len(kind) + 1:]
             if not path:
@@ -242,6 +254,10 @@ def load_data(
             train_size = None
     elif kind in ("cifar10", "cifar100"):
         bundle = _cifar(kind, path, image_size)
+    elif kind == "ucr":
+        if image_size is not None:
+            raise ValueError(f"--image-size does not apply to {spec!r}: a series keeps its own length")
+        bundle = _ucr(path)
     else:
         bundle = _folder(path, image_size or 64)
     bundle.train = bundle.train.subset(train_size)
@@ -360,6 +376,32 @@ def _cifar(kind: str, path: str, image_size: int | None) -> DataBundle:
         mean=mean.flatten().tolist(),
         std=std.flatten().tolist(),
         notes=f"local {kind.upper()} copy at {root}",
+    )
+
+
+# -------------------------------------------------------------------------- UCR
+
+
+def _ucr(name: str) -> DataBundle:
+    from .ucr import load_ucr
+
+    d = load_ucr(name)
+    sets = {split: TensorSet({"image": d[split][0].contiguous(), "label": d[split][1]}) for split in ("train", "test")}
+    length = d["length"]
+    resampled = "" if d["equal_length"] else (
+        f"; series of {d['min_length']}..{length} steps resampled to {length} by linear interpolation")
+    return DataBundle(
+        name=f"ucr:{d['name']}",
+        train=sets["train"],
+        test=sets["test"],
+        classes=d["classes"],
+        in_chans=d["channels"],
+        image_size=length,
+        notes=(f"{d['name']} from aeon's bundled UCR/UEA files, the archive's train/test split "
+               f"({len(sets['train'])}/{len(sets['test'])}), {d['channels']} channel(s) x {length} steps, "
+               + ("each series z-normalised" if d["channels"] == 1 else "the archive's values (not normalised)")
+               + resampled),
+        dims=1,
     )
 
 

@@ -95,7 +95,7 @@ def run_experiment(
     if has_boxes and test is not None:
         loc_images = test["image"][:localisation_images]
         loc_boxes = box_targets(test)[:localisation_images]
-    input_shape = (1, data.in_chans, data.image_size, data.image_size)
+    input_shape = data.input_shape if hasattr(data, "input_shape") else (1, data.in_chans, data.image_size, data.image_size)
     summary_variants: dict[str, dict[str, Any]] = {}
     gallery_maps: dict[str, torch.Tensor | None] = {}
     first_models: dict[str, torch.nn.Module] = {}

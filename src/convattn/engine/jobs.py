@@ -59,19 +59,23 @@ class Comparison(ConfigRecord):
     at None take the embedded set's defaults, or all of a user's data.
     ``train_sizes`` runs the comparison once per training-set size (fixed
     canvases, the same number of optimisation steps for every size).
+    The training fields left at None (model, epochs, batch size, optimiser, ...)
+    take the data's recipe (:func:`convattn.engine.options.recipe_for`) when the
+    job is validated: the image recipe, or the time-series one for ``ucr:NAME``.
     """
 
     command: str = "compare"
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     data: str = "cluttered-mnist"
-    model: str = DEFAULTS["model"]
-    epochs: int = DEFAULTS["epochs"]
-    batch_size: int = DEFAULTS["batch_size"]
-    lr: float = DEFAULTS["lr"]
-    weight_decay: float = DEFAULTS["weight_decay"]
-    momentum: float = DEFAULTS["momentum"]
-    warmup: float = DEFAULTS["warmup"]
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    warmup: float | None = None
+    optimizer: str | None = None
     image_size: int | None = None
     train_size: int | None = None
     test_size: int | None = None
@@ -85,11 +89,16 @@ class Comparison(ConfigRecord):
     cache_dir: str | None = None
 
     def validate(self) -> Comparison:
-        """Every impossible option -> one ValueError, before anything is loaded or written."""
+        """Every impossible option -> one ValueError, before anything is loaded or written.
+
+        Fills the training fields left at None from the data's recipe."""
         from ..data import parse_spec
         from ..models import list_models
-        from .options import unknown_model
+        from .options import recipe_for, unknown_model
 
+        for name, value in recipe_for(self.data).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if not self.variants:
             raise ValueError("no variants; give a comma-separated list such as none,se,cbam")
         dup = sorted({v for v in self.variants if self.variants.count(v) > 1})
@@ -145,7 +154,8 @@ class Comparison(ConfigRecord):
         s = self.sizes()
         return TrainConfig(
             model=self.model, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            weight_decay=self.weight_decay, momentum=self.momentum, warmup=self.warmup, data=self.data,
+            weight_decay=self.weight_decay, momentum=self.momentum, warmup=self.warmup, optimizer=self.optimizer,
+            data=self.data,
             image_size=image_size, train_size=s["train_size"], test_size=s["test_size"],
             num_classes=num_classes, in_chans=in_chans,
         )
@@ -199,7 +209,8 @@ def comparison_from_args(command: str, args: argparse.Namespace, variants: list[
     return Comparison(
         command=command, variants=list(variants), seeds=list(seeds), data=args.data, model=args.model,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        momentum=args.momentum, warmup=args.warmup, image_size=args.image_size, train_size=args.train_size,
+        momentum=args.momentum, warmup=args.warmup, optimizer=getattr(args, "optimizer", None),
+        image_size=args.image_size, train_size=args.train_size,
         test_size=args.test_size, canvases=args.canvases, attention_options=args.attention_options or {},
         train_sizes=getattr(args, "train_sizes", None),
         gallery_images=getattr(args, "gallery_images", 6), localisation_images=getattr(args, "localisation_images", 500),
@@ -252,7 +263,8 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
                 gallery_images=job.gallery_images, localisation_images=job.localisation_images,
                 attention_options=job.attention_options,
                 workers=job.workers()[0], threads_per_training=job.workers()[1],
-                extra={"canvases": job.canvases if job.embedded else None},
+                extra={"canvases": job.canvases if job.embedded else None,
+                       "published": published_baseline(job.data, job.model)},
             )
         if world.is_main:
             summary["command_seconds"] = time.perf_counter() - t0
@@ -262,6 +274,17 @@ def run_comparison(job: Comparison, *, out: str | Path | None = None, resume: st
     finally:
         distributed.teardown()
     return CompareResult(run_dir, to_jsonable(summary) if summary else {})
+
+
+def published_baseline(data: str, model: str) -> dict[str, Any] | None:
+    """The published accuracy of ``model`` on ``data`` (time-series sets), or None."""
+    from ..data import parse_spec
+
+    if parse_spec(data)[0] != "ucr":
+        return None
+    from ..data.ucr import published
+
+    return published(data, model)
 
 
 def _check_batch(base: TrainConfig, data: Any, world: distributed.World) -> None:

@@ -29,6 +29,30 @@ DEFAULTS = {
 }
 
 
+#: the recipe for time-series data (``ucr:NAME``): the 1-D FCN of Wang et al. 2017 trained with
+#: Adam as Fawaz et al. 2019 do (batch 16, lr 1e-3, no weight decay), on a cosine schedule
+TS_DEFAULTS = {
+    "model": "fcn1d",
+    "epochs": 100,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "warmup": 0.05,
+    "optimizer": "adamw",
+}
+#: the fields of a recipe
+RECIPE_FIELDS = tuple(TS_DEFAULTS)
+
+
+def recipe_for(data: str) -> dict[str, Any]:
+    """The default training recipe for the data spec ``data``: :data:`TS_DEFAULTS` for ``ucr:NAME``,
+    else :data:`DEFAULTS` with SGD."""
+    if isinstance(data, str) and data.strip().lower().startswith("ucr:"):
+        return dict(TS_DEFAULTS)
+    return {**{k: DEFAULTS[k] for k in RECIPE_FIELDS if k in DEFAULTS}, "optimizer": "sgd"}
+
+
 #: largest input size in pixels any command accepts (a 4096 x 4096 RGB float image is 200 MB)
 MAX_IMAGE_SIZE = 4096
 #: most torch threads any command accepts
@@ -62,7 +86,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     g = p.add_argument_group("data")
     g.add_argument("--data", default="cluttered-mnist",
-                   help="cluttered-mnist (default, embedded), cifar10:PATH, cifar100:PATH, or an image folder PATH")
+                   help="cluttered-mnist (default, embedded), cifar10:PATH, cifar100:PATH, ucr:NAME (a time-series "
+                        "set bundled with aeon, e.g. ucr:GunPoint), or an image folder PATH")
     g.add_argument("--image-size", type=int, default=None,
                    help=f"input size in pixels (default {d['image_size']} for cluttered-mnist: its 48x48 canvases "
                         "are area-downsampled; 32 for CIFAR; 64 for folders)")
@@ -76,14 +101,21 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None,
                    help="where the embedded data set is cached (default $CONVATTN_CACHE or the user cache folder)")
     g = p.add_argument_group("training (the same for every variant and seed)")
-    g.add_argument("--model", default=d["model"], help=f"backbone from convattn.models (default {d['model']})")
-    g.add_argument("--epochs", type=int, default=d["epochs"], help=f"epochs (default {d['epochs']})")
-    g.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"global batch size (default {d['batch_size']})")
-    g.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate of SGD (default {d['lr']})")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"], help=f"default {d['weight_decay']}")
-    g.add_argument("--momentum", type=float, default=d["momentum"], help=f"Nesterov momentum (default {d['momentum']})")
-    g.add_argument("--warmup", type=float, default=d["warmup"],
-                   help=f"fraction of steps of linear warm-up before the cosine decay (default {d['warmup']})")
+    t = TS_DEFAULTS
+
+    def both(name: str) -> str:
+        return f"default {d[name]}; {t[name]} for ucr:NAME"
+
+    g.add_argument("--model", default=None, help=f"backbone from convattn.models ({both('model')})")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs ({both('epochs')})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"global batch size ({both('batch_size')})")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help="sgd (Nesterov momentum) or adamw (default sgd; adamw for ucr:NAME)")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({both('lr')})")
+    g.add_argument("--weight-decay", type=float, default=None, help=both("weight_decay"))
+    g.add_argument("--momentum", type=float, default=None, help=f"SGD's Nesterov momentum (default {d['momentum']})")
+    g.add_argument("--warmup", type=float, default=None,
+                   help=f"fraction of steps of linear warm-up before the cosine decay ({both('warmup')})")
     g.add_argument("--attention-options", default=None, metavar="SPEC",
                    help="constructor options per variant: 'se:reduction=4;cbam:kernel_size=3,reduction=8', "
                         "or a .json/.toml file mapping each variant to its options")

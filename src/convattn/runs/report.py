@@ -253,6 +253,40 @@ def convergence_paragraph(summary: dict[str, Any]) -> str:
             f"Rule: {rule}. Train longer (`--epochs`) before reading the comparison as an answer.")
 
 
+def data_line(data: dict[str, Any]) -> str:
+    """The report's sentence about the data set."""
+    if data.get("dims", 2) == 1:
+        shape = f"{data['in_chans']} channel(s) x {data['image_size']} steps"
+        what = "series"
+    else:
+        shape = f"{data['in_chans']} channel(s), {data['image_size']}x{data['image_size']} input"
+        what = "images"
+    return (f"Data: **{data['name']}** ({data['train_size']} training {what} per epoch / {data['test_size']} test "
+            f"{what}, {data['num_classes']} classes, {shape}). {data.get('notes', '')}").rstrip()
+
+
+def published_lines(summary: dict[str, Any]) -> list[str]:
+    """A section setting the baseline's accuracy beside the published figure, when there is one."""
+    pub = summary.get("published")
+    base = summary["variants"].get(summary.get("baseline") or "")
+    if not pub or base is None or summary.get("metric") != "accuracy":
+        return []
+    mean, std = base["accuracy_mean"] * 100, base["accuracy_std"] * 100
+    gap = mean - pub["accuracy_mean"]
+    return [
+        "## Against the published baseline",
+        "",
+        "| | test accuracy % (mean ± std) | runs |",
+        "|---|---|---|",
+        f"| {pub['model']}, this run (none) | {mean:.2f} ± {std:.2f} | {len(summary['seeds'])} |",
+        f"| {pub['model']}, published | {pub['accuracy_mean']:.1f} ± {pub['accuracy_std']:.1f} | {pub['runs']} |",
+        "",
+        f"This run's baseline is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the published mean. "
+        f"Source: {pub['source']}.",
+        "",
+    ]
+
+
 def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
     metric = summary["metric"]
     cfg = summary["config"]
@@ -266,9 +300,7 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         "",
         convergence_paragraph(summary),
         "",
-        f"Data: **{data['name']}** ({data['train_size']} training images per epoch / {data['test_size']} test images, "
-        f"{data['num_classes']} classes, {data['in_chans']} channel(s), {data['image_size']}x{data['image_size']} input). "
-        f"{data.get('notes', '')}".rstrip(),
+        data_line(data),
         "",
         f"Model **{cfg['model']}**; {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, {optimizer_text(cfg)}, "
         f"peak lr {cfg['lr']}, linear warm-up over "
@@ -291,6 +323,9 @@ def render_markdown(summary: dict[str, Any], files: dict[str, str]) -> str:
         f"interleaved in rounds on {summary['threads']} thread(s); the median per-round ratio to the baseline with "
         "its 25-75 % range, or *noise* when that range includes 1 or a variant that only adds work measures faster.",
         "",
+    ]
+    lines += published_lines(summary)
+    lines += [
         "## Is the difference from the baseline real?",
         "",
     ]
