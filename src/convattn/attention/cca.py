@@ -128,7 +128,7 @@ class CrissCrossAttention(AttentionModule):
         B, N = flat.shape[0], flat.shape[2]
         qkv = torch.baddbmm(bias[:, None].expand(B, -1, N), weight.expand(B, -1, -1), flat)
         d = self.query_conv.out_channels
-        q, k, v = torch.split(qkv.view(x.shape[0], -1, x.shape[2], x.shape[3]), [d, d, self.channels], 1)
+        q, k, v = torch.split(qkv.view(x.shape[0], 2 * d + self.channels, x.shape[2], x.shape[3]), [d, d, self.channels], 1)
         return q, k, v
 
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
