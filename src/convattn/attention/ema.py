@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..layers import AttentionModule
+from ..layers.base import check_groups
 from ..registry import register
 
 
@@ -62,14 +63,7 @@ class EMA(AttentionModule):
     def __init__(self, channels: int, groups: int = 32) -> None:
         super().__init__(channels)
         owner = self._owner()
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"{owner}: groups must be a positive int, got {groups!r}")
-        if channels % groups:
-            valid = [g for g in range(1, min(channels, 64) + 1) if channels % g == 0]
-            raise ValueError(
-                f"{owner}: channels={channels} is not a multiple of groups={groups}; "
-                f"valid groups for {channels} channels: {', '.join(map(str, valid))}"
-            )
+        check_groups(owner, channels, groups)
         self.groups = groups
         m = channels // groups
         self.gn = nn.GroupNorm(m, m)

@@ -32,6 +32,19 @@ def check_channels(owner: str, channels: Any) -> int:
     return int(channels)
 
 
+def check_groups(owner: str, channels: int, groups: Any) -> int:
+    """Validate a channel-group count that must divide ``channels``; the error lists the groups that fit."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{owner}: groups must be a positive int, got {groups!r}")
+    if channels % groups:
+        valid = [g for g in range(1, min(channels, 64) + 1) if channels % g == 0]
+        raise ValueError(
+            f"{owner}: channels={channels} is not a multiple of groups={groups}; "
+            f"valid groups for {channels} channels: {', '.join(map(str, valid))}"
+        )
+    return groups
+
+
 def hidden_channels(
     owner: str,
     channels: int,
